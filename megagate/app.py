@@ -1,0 +1,157 @@
+"""Assembles megagate: the routes, the middleware stack, and `app`, the lazily configured ASGI app for hypercorn.
+
+Request path (outermost first)::
+
+    ErrorsMiddleware -> DefaultsMiddleware -> Router --/v1/chat/completions--> UpstreamProxy -> upstream
+                                                    \\--/v1/models, /healthz--> ModelsEndpoint, health
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from starlette.routing import Route, Router
+
+from megagate.asgi import ASGIApp, Receive, Scope, Send, send_error, send_json
+from megagate.config import Config, load_config
+from megagate.core.errors import ConfigError, InvalidRequest, NotFound
+from megagate.middleware.defaults import DefaultsMiddleware
+from megagate.middleware.errors import ErrorsMiddleware
+from megagate.models import ModelsEndpoint
+from megagate.proxy import UpstreamProxy
+from megagate.state import route_format
+from megagate.upstream import Timeouts, Transport
+from megagate.upstream.httpcore_transport import HttpcoreTransport
+
+logger = logging.getLogger("megagate")
+Clock = Callable[[], float]
+
+
+def build_transport(config: Config) -> Transport:
+    t = config.timeouts
+    timeouts = Timeouts(connect=t.connect, read=t.read, write=t.write, pool=t.pool, first_byte=t.first_byte)
+    return HttpcoreTransport(timeouts=timeouts, max_connections=max(u.max_connections for u in config.upstreams))
+
+
+class Only:
+    """`endpoint` for `methods`; other methods get a 405 in the route's envelope (Starlette's is plain text).
+
+    A class, not a closure: Starlette's Route treats a plain function as a request/response endpoint."""
+
+    def __init__(self, methods: tuple[str, ...], endpoint: ASGIApp) -> None:
+        self.methods = methods
+        self.endpoint = endpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] not in self.methods:
+            error = InvalidRequest(f"Method {scope['method']} is not allowed here.", status=405)
+            await send_error(send, error, route_format(scope))
+            return
+        await self.endpoint(scope, receive, send)
+
+
+async def health(scope: Scope, receive: Receive, send: Send) -> None:
+    await send_json(send, 200, b'{"status":"ok"}')
+
+
+async def not_found(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] == "http":
+        await send_error(send, NotFound(f"Unknown route {scope['path']}."), route_format(scope))
+
+
+class Gateway:
+    """megagate as one ASGI app. Owns the upstream transport and closes it at lifespan shutdown."""
+
+    def __init__(self, config: Config, *, transport: Transport | None = None, clock: Clock = time.monotonic) -> None:
+        self.config = config
+        self.transport = transport or build_transport(config)
+        proxy = UpstreamProxy(config=config, transport=self.transport)
+        models = ModelsEndpoint(config=config, transport=self.transport, clock=clock)
+        router = Router(
+            routes=[
+                Route("/v1/chat/completions", Only(("POST",), proxy)),
+                Route("/v1/models", Only(("GET",), models)),
+                Route("/v1/models/{model:path}", Only(("GET",), models)),
+                Route("/healthz", Only(("GET", "HEAD"), health)),
+            ],
+            default=Only(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"), not_found),
+        )
+        stack: list[tuple[Any, dict[str, Any]]] = [
+            (ErrorsMiddleware, {}),
+            (
+                DefaultsMiddleware,
+                {
+                    "default_model": config.default_model,
+                    "defaults": config.defaults,
+                    "aliases": config.aliases,
+                    "max_body_bytes": config.max_body_bytes,
+                },
+            ),
+        ]
+        app: ASGIApp = router
+        for cls, kwargs in reversed(stack):
+            app = cls(app, **kwargs)
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send, on_shutdown=self.aclose)
+            return
+        await self.app(scope, receive, send)
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
+
+
+def create_app(
+    config: Config | None = None, *, transport: Transport | None = None, clock: Clock = time.monotonic
+) -> Gateway:
+    """The megagate ASGI app for `config` (default: `load_config()` from the environment)."""
+    return Gateway(config if config is not None else load_config(), transport=transport, clock=clock)
+
+
+async def _lifespan(receive: Receive, send: Send, *, on_startup: Any = None, on_shutdown: Any = None) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            try:
+                if on_startup is not None:
+                    on_startup()
+            except ConfigError as exc:
+                logger.error("megagate: bad configuration: %s", exc)
+                await send({"type": "lifespan.startup.failed", "message": f"megagate: bad configuration: {exc}"})
+                return
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            if on_shutdown is not None:
+                await on_shutdown()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+class LazyGateway:
+    """`megagate.app:app`: reads its configuration at lifespan start-up (or first request), not at import."""
+
+    def __init__(self) -> None:
+        self._gateway: Gateway | None = None
+
+    def _build(self) -> Gateway:
+        if self._gateway is None:
+            self._gateway = create_app()
+        return self._gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send, on_startup=self._build, on_shutdown=self._shutdown)
+            return
+        await self._build()(scope, receive, send)
+
+    async def _shutdown(self) -> None:
+        if self._gateway is not None:
+            await self._gateway.aclose()
+
+
+app = LazyGateway()

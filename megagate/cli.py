@@ -1,0 +1,150 @@
+"""The `megagate` command: `serve` (hypercorn with hypercorn.toml) and `demo` (gateway + fake upstream, no key)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from functools import partial
+from pathlib import Path
+
+import anyio
+import msgspec
+
+from megagate.core.errors import ConfigError
+
+DEMO_PROMPT = "Say hello to a newcomer."
+
+
+def _hypercorn_toml() -> Path | None:
+    local = Path("hypercorn.toml")
+    return local if local.is_file() else None
+
+
+def serve(args: argparse.Namespace) -> int:
+    from hypercorn.config import Config as HypercornConfig
+    from hypercorn.run import run
+
+    from megagate.config import load_config
+
+    try:
+        load_config()  # fail here, with one line, rather than inside a worker
+    except ConfigError as exc:
+        print(f"megagate: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    path = _hypercorn_toml()
+    config = HypercornConfig.from_toml(path) if path else HypercornConfig()
+    config.application_path = "megagate.app:app"
+    if args.bind:
+        config.bind = [args.bind]
+    if args.workers:
+        config.workers = args.workers
+    if args.worker_class:
+        config.worker_class = args.worker_class
+    return run(config)
+
+
+async def _stream_demo(port: int) -> None:
+    from megagate.core.sse import SSEDecoder
+    from megagate.upstream import Origin, Timeouts
+    from megagate.upstream.httpcore_transport import HttpcoreTransport
+
+    transport = HttpcoreTransport(timeouts=Timeouts())
+    body = msgspec.json.encode({"messages": [{"role": "user", "content": DEMO_PROMPT}], "stream": True})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    print(f'$ curl -N http://127.0.0.1:{port}/v1/chat/completions -d \'{{"messages": [...], "stream": true}}\'')
+    print("(no model given: megagate fills openai-gpt-oss-120b; no key given: megagate holds the pool)\n")
+    decoder = SSEDecoder()
+    try:
+        origin = Origin("http", "127.0.0.1", port)
+        async with transport.stream(b"POST", origin, b"/v1/chat/completions", headers, body) as response:
+            if response.status != 200:
+                print(f"megagate answered HTTP {response.status}: {(await response.read()).decode()}")
+                return
+            async for chunk in response.aiter_bytes():
+                for event in decoder.receive_data(chunk)[1]:
+                    if event.data == b"[DONE]":
+                        continue
+                    data = msgspec.json.decode(event.data)
+                    for choice in data.get("choices") or []:
+                        print(choice.get("delta", {}).get("content") or "", end="", flush=True)
+    finally:
+        await transport.aclose()
+    print("\n")
+
+
+def demo(args: argparse.Namespace) -> int:
+    from megagate.app import create_app
+    from megagate.config import config_from_mapping
+    from megagate.fake import FakeUpstream
+    from megagate.serve import free_port, hypercorn_config
+
+    fake_port = free_port()
+    config = config_from_mapping(
+        {"upstreams": [{"name": "fake", "base_url": f"http://127.0.0.1:{fake_port}", "keys": ["sk-demo-key-0001"]}]}
+    )
+    gateway = create_app(config)
+    fake = FakeUpstream(ttft=0.3, tokens_per_second=12)
+
+    async def main() -> None:
+        from hypercorn.asyncio import serve as hypercorn_serve
+
+        stop = anyio.Event()  # hypercorn shuts down through its trigger; cancelling it mid-serve is not clean
+        async with anyio.create_task_group() as group:
+            for app, host, port in ((fake, "127.0.0.1", fake_port), (gateway, args.host, args.port)):
+                group.start_soon(
+                    partial(hypercorn_serve, app, hypercorn_config(host, port), shutdown_trigger=stop.wait)
+                )
+            await anyio.sleep(0.5)
+            await _stream_demo(args.port)
+            if args.once:
+                stop.set()
+                return
+            print(f"megagate is serving on http://{args.host}:{args.port} in front of a fake upstream. Try:")
+            print(
+                f"  curl -X POST http://localhost:{args.port}/v1/chat/completions "
+                '-H "Content-Type: application/json" -d \'{"messages": [{"role": "user", "content": "hi"}]}\''
+            )
+            print("Ctrl-C stops it.")
+
+    try:
+        anyio.run(main)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def hash_key(args: argparse.Namespace) -> int:
+    import hashlib
+
+    print(hashlib.sha256(args.key.encode()).hexdigest())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logging.getLogger("megagate").addHandler(handler)
+    logging.getLogger("megagate").setLevel(os.environ.get("MEGAGATE_LOG_LEVEL", "INFO"))
+    parser = argparse.ArgumentParser(prog="megagate", description="An LLM API gateway in front of MegaLLM.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_parser = commands.add_parser("serve", help="run the gateway under hypercorn (reads ./hypercorn.toml)")
+    serve_parser.add_argument("--bind", help="host:port (default from hypercorn.toml, else 127.0.0.1:8000)")
+    serve_parser.add_argument("--workers", "-w", type=int)
+    serve_parser.add_argument("--worker-class", "-k", choices=["asyncio", "uvloop", "trio"])
+    serve_parser.set_defaults(run=serve)
+    demo_parser = commands.add_parser("demo", help="stream an answer through megagate from a built-in fake upstream")
+    demo_parser.add_argument("--host", default="127.0.0.1")
+    demo_parser.add_argument("--port", type=int, default=8000)
+    demo_parser.add_argument("--once", action="store_true", help="exit after the streamed answer")
+    demo_parser.set_defaults(run=demo)
+    hash_parser = commands.add_parser("hash-key", help="print the SHA-256 digest of a client key for the config")
+    hash_parser.add_argument("key")
+    hash_parser.set_defaults(run=hash_key)
+    args = parser.parse_args(argv)
+    return int(args.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

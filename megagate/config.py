@@ -1,0 +1,154 @@
+"""megagate's configuration: frozen Structs and `load_config`, the only reader of the environment and config files.
+
+Simple mode reads `MEGALLM_API_KEYS` (or `MEGALLM_API_KEY`), `MEGALLM_BASE_URL` and `MEGAGATE_DEFAULT_MODEL`. Full
+mode reads the TOML file named by `MEGAGATE_CONFIG`; any string there may be written `env:NAME` to read a secret
+from the environment. A bad config raises `ConfigError` with one line naming the field.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from megagate.core.errors import ConfigError
+
+MEGALLM_BASE_URL = "https://ai.megallm.io"
+DEFAULT_MODEL = "openai-gpt-oss-120b"
+
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class _Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class Timeouts(_Config):
+    """Seconds. `read` bounds each wait for upstream bytes; `first_byte` the wait for the response to start."""
+
+    connect: PositiveFloat = 10.0
+    read: PositiveFloat = 300.0
+    write: PositiveFloat = 30.0
+    pool: PositiveFloat = 10.0
+    first_byte: PositiveFloat = 120.0
+
+
+class KeyConfig(_Config):
+    """One upstream key with its limits; `tier` fills rpm/tpm/max_concurrency from MegaLLM's published tiers."""
+
+    key: str
+    tier: Literal["basic", "pro"] | None = None
+    rpm: PositiveInt | None = None
+    tpm: PositiveInt | None = None
+    max_concurrency: PositiveInt | None = None
+    weight: PositiveFloat = 1.0
+
+
+class UpstreamConfig(_Config):
+    name: str
+    base_url: str
+    keys: list[str | KeyConfig] = []
+    models: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    format: Literal["openai", "anthropic", "both"] = "openai"
+    max_connections: PositiveInt = 256
+
+    def serves(self, model: str) -> bool:
+        return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
+
+    @property
+    def origin_url(self) -> str:
+        """`base_url` without a trailing `/v1`: megagate appends `/v1/...` itself, as MegaLLM's two bases imply."""
+        return re.sub(r"/v1/?$", "", self.base_url.rstrip("/"))
+
+    @property
+    def key_configs(self) -> list[KeyConfig]:
+        return [k if isinstance(k, KeyConfig) else KeyConfig(key=k) for k in self.keys]
+
+
+class Config(_Config):
+    default_model: str = DEFAULT_MODEL
+    defaults: dict[str, Any] = {}
+    aliases: dict[str, str] = {}
+    upstreams: list[UpstreamConfig] = []
+    timeouts: Timeouts = Timeouts()
+    models_cache_ttl: Annotated[float, msgspec.Meta(ge=0)] = 300.0
+    max_body_bytes: PositiveInt = 10 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if not self.upstreams:
+            raise ConfigError("upstreams: at least one upstream is required")
+        names = [u.name for u in self.upstreams]
+        if len(set(names)) != len(names):
+            raise ConfigError("upstreams: upstream names must be unique")
+        for index, upstream in enumerate(self.upstreams):
+            if not re.match(r"^https?://[^/\s]+", upstream.base_url):
+                raise ConfigError(f"upstreams[{index}].base_url: must be an http:// or https:// URL")
+
+    def upstream_for(self, model: str) -> UpstreamConfig | None:
+        """The first upstream that serves `model`, in config order."""
+        for upstream in self.upstreams:
+            if upstream.serves(model):
+                return upstream
+        return None
+
+    def resolve_alias(self, model: str) -> str:
+        return self.aliases.get(model, model)
+
+
+def _resolve_env(value: Any, path: str, environ: Mapping[str, str]) -> Any:
+    """Replace every `env:NAME` string inside `value` with the variable's value."""
+    if isinstance(value, str) and value.startswith("env:"):
+        name = value[4:]
+        if name not in environ:
+            raise ConfigError(f"{path}: environment variable {name} is not set")
+        return environ[name]
+    if isinstance(value, dict):
+        return {k: _resolve_env(v, f"{path}.{k}" if path else k, environ) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve_env(v, f"{path}[{i}]", environ) for i, v in enumerate(value)]
+    return value
+
+
+def config_from_mapping(data: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Config:
+    """Build a Config from decoded TOML (or a dict in tests); `env:NAME` strings are resolved from `environ`."""
+    resolved = _resolve_env(dict(data), "", os.environ if environ is None else environ)
+    try:
+        return msgspec.convert(resolved, Config)
+    except msgspec.ValidationError as exc:
+        message, _, where = str(exc).partition(" - at `$.")
+        raise ConfigError(f"{where.rstrip('`') or 'config'}: {message}") from None
+
+
+def _split_keys(value: str) -> list[str]:
+    return [k.strip() for k in value.split(",") if k.strip()]
+
+
+def load_config(environ: Mapping[str, str] | None = None) -> Config:
+    """The configuration from `MEGAGATE_CONFIG` (TOML) if set, else from the simple-mode environment variables."""
+    env = os.environ if environ is None else environ
+    path = env.get("MEGAGATE_CONFIG")
+    if path:
+        try:
+            with open(path, "rb") as file:
+                data = tomllib.load(file)
+        except OSError as exc:
+            raise ConfigError(f"MEGAGATE_CONFIG: cannot read {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"MEGAGATE_CONFIG: {path} is not valid TOML: {exc}") from None
+        return config_from_mapping(data, env)
+    keys = _split_keys(env.get("MEGALLM_API_KEYS", "")) or _split_keys(env.get("MEGALLM_API_KEY", ""))
+    if not keys:
+        raise ConfigError(
+            "MEGALLM_API_KEYS: no upstream key configured; set MEGALLM_API_KEYS (comma-separated) or MEGAGATE_CONFIG"
+        )
+    upstream = {"name": "megallm", "base_url": env.get("MEGALLM_BASE_URL", MEGALLM_BASE_URL), "keys": keys}
+    upstream["format"] = "both"
+    return config_from_mapping(
+        {"default_model": env.get("MEGAGATE_DEFAULT_MODEL", DEFAULT_MODEL), "upstreams": [upstream]}, env
+    )

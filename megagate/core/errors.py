@@ -1,0 +1,174 @@
+"""megagate's exception tree and its rendering into the OpenAI and Anthropic error envelopes.
+
+Every error a client can see is a `MegagateError`: it carries the HTTP status, the OpenAI error `type`, the offending
+`param` and, where it applies, a Retry-After. The route decides the envelope (`render_error`), so the same error
+reads naturally to an OpenAI SDK and to an Anthropic SDK.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import msgspec
+
+Format = Literal["openai", "anthropic"]
+
+
+class MegagateError(Exception):
+    """An error that becomes an HTTP response in the route's own envelope."""
+
+    status: int = 500
+    type: str = "api_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+        if status is not None:
+            self.status = status
+        self.retry_after = retry_after
+
+
+class InvalidRequest(MegagateError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class PayloadTooLarge(InvalidRequest):
+    status = 413
+
+
+class NotFound(InvalidRequest):
+    status = 404
+
+
+class AuthenticationFailed(MegagateError):
+    status = 401
+    type = "authentication_error"
+
+
+class PermissionDenied(MegagateError):
+    status = 403
+    type = "permission_error"
+
+
+class RateLimited(MegagateError):
+    status = 429
+    type = "rate_limit_error"
+
+
+class NoKeyAvailable(RateLimited):
+    """Every upstream key is saturated, cooling or disabled."""
+
+
+class ConfigError(Exception):
+    """A bad configuration; the message names the field and is printed as one line at start-up."""
+
+
+class UpstreamError(MegagateError):
+    """The upstream failed; subclasses say how."""
+
+    status = 502
+    type = "api_error"
+
+
+class UpstreamStatus(UpstreamError):
+    """The upstream answered with an error status; `body` is its (already scrubbed) error body."""
+
+    def __init__(self, status: int, message: str, *, body: bytes = b"", retry_after: float | None = None) -> None:
+        super().__init__(message, status=status, retry_after=retry_after)
+        self.body = body
+        self.type = error_type_for_status(status)
+
+
+class UpstreamConnectError(UpstreamError):
+    status = 502
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    type = "timeout_error"
+
+
+class UpstreamProtocolError(UpstreamError):
+    """The upstream broke the HTTP or SSE protocol, or dropped the connection mid-body."""
+
+    status = 502
+
+
+def error_type_for_status(status: int) -> str:
+    """OpenAI's error `type` for an HTTP status."""
+    if status == 400 or status == 404 or status == 413 or status == 422:
+        return "invalid_request_error"
+    if status == 401:
+        return "authentication_error"
+    if status == 403:
+        return "permission_error"
+    if status == 429:
+        return "rate_limit_error"
+    return "api_error"
+
+
+# Anthropic names its error types differently (https://docs.anthropic.com/en/api/errors).
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    502: "api_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+class _OpenAIErrorBody(msgspec.Struct):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class OpenAIErrorEnvelope(msgspec.Struct):
+    error: _OpenAIErrorBody
+
+
+class _AnthropicErrorBody(msgspec.Struct):
+    type: str
+    message: str
+
+
+class AnthropicErrorEnvelope(msgspec.Struct, tag="error", tag_field="type"):
+    error: _AnthropicErrorBody
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def render_error(error: MegagateError, fmt: Format = "openai") -> bytes:
+    """The JSON body for `error` in the envelope of format `fmt`."""
+    if fmt == "anthropic":
+        kind = _ANTHROPIC_TYPES.get(error.status, "api_error" if error.status >= 500 else "invalid_request_error")
+        return _encoder.encode(AnthropicErrorEnvelope(_AnthropicErrorBody(kind, error.message)))
+    return _encoder.encode(OpenAIErrorEnvelope(_OpenAIErrorBody(error.message, error.type, error.param, error.code)))
+
+
+def error_headers(error: MegagateError) -> list[tuple[bytes, bytes]]:
+    """Response headers for `error`: JSON content type, and Retry-After (whole seconds, rounded up) when known."""
+    headers = [(b"content-type", b"application/json")]
+    if error.retry_after is not None:
+        headers.append((b"retry-after", str(max(1, math.ceil(error.retry_after))).encode()))
+    return headers

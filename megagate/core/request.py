@@ -1,0 +1,227 @@
+"""Validate a chat request body and fill its defaults without touching fields megagate does not own.
+
+The body is decoded once as `dict[str, msgspec.Raw]`: each value stays the exact bytes the client sent, so `tools`,
+`response_format`, image parts or a field invented next year survive byte for byte. Only the fields a rule names
+are decoded, each with a decoder built once. A body is re-encoded only when something changed (a default filled,
+a megagate-only field removed); otherwise the original bytes go upstream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from megagate.core.errors import InvalidRequest
+
+RawFields = dict[str, msgspec.Raw]
+
+_fields_decoder = msgspec.json.Decoder(RawFields)
+_encoder = msgspec.json.Encoder()
+
+OPENAI_ROLES = frozenset({"system", "user", "assistant", "tool", "developer", "function"})
+ANTHROPIC_ROLES = frozenset({"user", "assistant"})
+# Fields megagate consumes (MegaLLM's fallback API); they never go upstream.
+FALLBACK_FIELDS = ("fallback_models", "fallback_on_rate_limit", "fallback_on_error")
+
+
+class _Role(msgspec.Struct):
+    role: Any = None
+
+
+Check = Callable[[Any], str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class FieldRule:
+    """How one top-level field is checked: the JSON type it must decode to and an optional range check."""
+
+    decoder: msgspec.json.Decoder[Any]
+    type_name: str
+    check: Check | None = None
+    nullable: bool = True
+
+
+def _between(low: float, high: float) -> Check:
+    def check(value: Any) -> str | None:
+        if low <= value <= high:
+            return None
+        return f"must be between {low:g} and {high:g}, got {value!r}"
+
+    return check
+
+
+def _at_least(low: int) -> Check:
+    def check(value: Any) -> str | None:
+        return None if value >= low else f"must be at least {low}, got {value!r}"
+
+    return check
+
+
+def _rule(type_: Any, type_name: str, check: Check | None = None, *, nullable: bool = True) -> FieldRule:
+    return FieldRule(msgspec.json.Decoder(type_), type_name, check, nullable)
+
+
+_NUMBER = float  # msgspec accepts JSON integers for float and rejects booleans
+OPENAI_RULES: Mapping[str, FieldRule] = {
+    "model": _rule(str, "a string", lambda v: None if v else "must not be empty", nullable=False),
+    "temperature": _rule(_NUMBER, "a number", _between(0, 2)),
+    "top_p": _rule(_NUMBER, "a number", _between(0, 1)),
+    "n": _rule(int, "an integer", _between(1, 10)),
+    "presence_penalty": _rule(_NUMBER, "a number", _between(-2, 2)),
+    "frequency_penalty": _rule(_NUMBER, "a number", _between(-2, 2)),
+    "max_tokens": _rule(int, "an integer", _at_least(1)),
+    "max_completion_tokens": _rule(int, "an integer", _at_least(1)),
+    "stream": _rule(bool, "a boolean"),
+    "fallback_models": _rule(list[str], "an array of strings"),
+    "fallback_on_rate_limit": _rule(bool, "a boolean"),
+    "fallback_on_error": _rule(bool, "a boolean"),
+}
+
+_messages_decoder = msgspec.json.Decoder(list[_Role])
+_types_of = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    """A validated request: its raw fields, what megagate routes on, and whether the body must be re-encoded."""
+
+    fields: RawFields
+    body: bytes
+    model: str
+    stream: bool
+    max_tokens: int | None
+    prompt_bytes: int
+    fallback_models: list[str] | None = None
+    fallback_on_rate_limit: bool = True
+    fallback_on_error: bool = True
+    dirty: bool = field(default=False)
+
+    def encode(self) -> bytes:
+        """The body to send upstream: the client's bytes unless a field was added, changed or removed."""
+        if self.dirty:
+            self.body = _encoder.encode(self.fields)
+            self.dirty = False
+        return self.body
+
+    def set_model(self, model: str) -> None:
+        self.model = model
+        self.fields["model"] = msgspec.Raw(_encoder.encode(model))
+        self.dirty = True
+
+
+@dataclass(frozen=True, slots=True)
+class RequestDefaults:
+    """What to fill when a field is absent; built once from config, values pre-encoded."""
+
+    model: str = "openai-gpt-oss-120b"
+    params: Mapping[str, msgspec.Raw] = field(default_factory=dict)
+
+    @classmethod
+    def from_values(cls, model: str, params: Mapping[str, Any], rules: Mapping[str, FieldRule]) -> RequestDefaults:
+        encoded = {}
+        for name, value in params.items():
+            raw = msgspec.Raw(_encoder.encode(value))
+            if name in rules:
+                _check_field(name, raw, rules[name])
+            encoded[name] = raw
+        return cls(model, encoded)
+
+
+def _describe(raw: bytes) -> str:
+    try:
+        value = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return "invalid JSON"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return "a number"
+    return _types_of.get(type(value), "a value")
+
+
+def _check_field(name: str, raw: msgspec.Raw, rule: FieldRule) -> Any:
+    if rule.nullable and bytes(raw) == b"null":
+        return None
+    try:
+        value = rule.decoder.decode(raw)
+    except msgspec.ValidationError:
+        raise InvalidRequest(
+            f"Invalid type for '{name}': expected {rule.type_name}, but got {_describe(raw)}.", param=name
+        ) from None
+    if rule.check is not None and (problem := rule.check(value)) is not None:
+        raise InvalidRequest(f"Invalid value for '{name}': {problem}.", param=name)
+    return value
+
+
+def decode_fields(body: bytes) -> RawFields:
+    """The body's top-level fields, or InvalidRequest if it is not a JSON object."""
+    try:
+        return _fields_decoder.decode(body)
+    except msgspec.ValidationError:
+        raise InvalidRequest("The request body must be a JSON object.") from None
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}.") from None
+
+
+def _check_messages(fields: RawFields, roles: frozenset[str]) -> int:
+    raw = fields.get("messages")
+    if raw is None:
+        raise InvalidRequest("Missing required parameter: 'messages'.", param="messages")
+    try:
+        messages = _messages_decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest(
+            f"Invalid 'messages': must be an array of message objects ({exc}).", param="messages"
+        ) from None
+    if not messages:
+        raise InvalidRequest("Invalid 'messages': must contain at least one message.", param="messages")
+    for index, message in enumerate(messages):
+        if message.role not in roles:
+            allowed = ", ".join(sorted(roles - {"function"}))
+            raise InvalidRequest(
+                f"Invalid value for 'messages[{index}].role': {message.role!r}; expected one of {allowed}.",
+                param=f"messages[{index}].role",
+            )
+    return len(raw)
+
+
+def prepare_chat_request(
+    body: bytes,
+    defaults: RequestDefaults,
+    rules: Mapping[str, FieldRule] = OPENAI_RULES,
+    roles: frozenset[str] = OPENAI_ROLES,
+) -> ChatRequest:
+    """Validate `body`, fill defaults and lift out what megagate routes on. Raises InvalidRequest."""
+    fields = decode_fields(body)
+    prompt_bytes = _check_messages(fields, roles)
+    values = {name: _check_field(name, raw, rules[name]) for name, raw in fields.items() if name in rules}
+    dirty = False
+    if values.get("model") is None:
+        fields["model"] = msgspec.Raw(_encoder.encode(defaults.model))
+        values["model"] = defaults.model
+        dirty = True
+    for name, raw in defaults.params.items():
+        if name not in fields:
+            fields[name] = raw
+            if name in rules:
+                values[name] = rules[name].decoder.decode(raw)
+            dirty = True
+    for name in FALLBACK_FIELDS:
+        if fields.pop(name, None) is not None:
+            dirty = True
+    request = ChatRequest(
+        fields=fields,
+        body=body,
+        model=values["model"],
+        stream=bool(values.get("stream")),
+        max_tokens=values.get("max_tokens") or values.get("max_completion_tokens"),
+        prompt_bytes=prompt_bytes,
+        fallback_models=values.get("fallback_models"),
+        dirty=dirty,
+    )
+    if values.get("fallback_on_rate_limit") is False:
+        request.fallback_on_rate_limit = False
+    if values.get("fallback_on_error") is False:
+        request.fallback_on_error = False
+    return request

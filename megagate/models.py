@@ -1,0 +1,96 @@
+"""GET /v1/models and /v1/models/{id}: the upstreams' model lists merged, cached with a TTL, plus aliases."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import anyio
+import msgspec
+
+from megagate.asgi import Receive, Scope, Send, send_json
+from megagate.config import Config, UpstreamConfig
+from megagate.core.errors import MegagateError, NotFound, UpstreamError
+from megagate.core.schemas import Model, ModelList, model_list_decoder
+from megagate.proxy import upstream_error
+from megagate.state import route_path
+from megagate.upstream import Origin, Transport
+
+logger = logging.getLogger("megagate.models")
+_encoder = msgspec.json.Encoder()
+
+
+class ModelsEndpoint:
+    """Serves the merged model list. A failed refresh keeps serving the last good list."""
+
+    def __init__(self, *, config: Config, transport: Transport, clock: Callable[[], float]) -> None:
+        self.config = config
+        self.transport = transport
+        self.clock = clock
+        self._models: list[Model] | None = None
+        self._expires_at = 0.0
+        self._lock: anyio.Lock | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        models = await self.models()
+        path = route_path(scope).rstrip("/")
+        if path == "/v1/models":
+            await send_json(send, 200, _encoder.encode(ModelList(models)))
+            return
+        wanted = path.removeprefix("/v1/models/")
+        for model in models:
+            if model.id == wanted:
+                await send_json(send, 200, _encoder.encode(model))
+                return
+        raise NotFound(f"The model '{wanted}' does not exist.", param="model", code="model_not_found")
+
+    async def models(self) -> list[Model]:
+        if self._models is not None and self.clock() < self._expires_at:
+            return self._models
+        if self._lock is None:
+            self._lock = anyio.Lock()
+        async with self._lock:
+            if self._models is None or self.clock() >= self._expires_at:
+                await self._refresh()
+        assert self._models is not None
+        return self._models
+
+    async def _refresh(self) -> None:
+        merged: dict[str, Model] = {}
+        failure: MegagateError | None = None
+        for upstream in self.config.upstreams:
+            try:
+                listed = await self._fetch(upstream)
+            except UpstreamError as exc:
+                logger.warning("model list from upstream %s failed: %s", upstream.name, exc.message)
+                failure = exc
+                continue
+            for model in listed:
+                if model.id not in merged and self.config.upstream_for(model.id) is upstream:
+                    merged[model.id] = model
+        if failure is not None and not merged and self._models is not None:
+            self._expires_at = self.clock() + min(self.config.models_cache_ttl, 10.0)  # retry soon, serve stale
+            return
+        if failure is not None and not merged:
+            raise failure
+        for name in (self.config.default_model, *self.config.aliases):
+            merged.setdefault(name, Model(id=name, owned_by="megagate"))
+        self._models = list(merged.values())
+        self._expires_at = self.clock() + self.config.models_cache_ttl
+
+    async def _fetch(self, upstream: UpstreamConfig) -> list[Model]:
+        origin = Origin.from_url(upstream.origin_url)
+        prefix = upstream.origin_url.split("://", 1)[1]
+        base_path = prefix[prefix.find("/") :].encode() if "/" in prefix else b""
+        headers = [(b"accept", b"application/json")]
+        keys = upstream.key_configs
+        if keys:
+            headers.append((b"authorization", b"Bearer " + keys[0].key.encode()))
+        async with self.transport.stream(b"GET", origin, base_path + b"/v1/models", headers, b"") as response:
+            body = await response.read(8 * 1024 * 1024)
+        if response.status >= 400:
+            raise upstream_error(response.status, body, None, tuple(k.key for k in keys))
+        try:
+            return model_list_decoder.decode(body).data
+        except msgspec.DecodeError as exc:
+            raise UpstreamError(f"upstream {upstream.name} sent an unreadable model list: {exc}") from None

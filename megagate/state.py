@@ -1,0 +1,54 @@
+"""The typed per-request object the middlewares share through the ASGI scope, instead of re-reading the body."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from megagate.core.errors import Format
+from megagate.core.request import ChatRequest
+from megagate.core.schemas import Usage
+
+SCOPE_KEY = "megagate"
+
+
+@dataclass(slots=True)
+class RequestState:
+    """What one request has learned so far. Written by the layer that knows it, read by the ones inside it."""
+
+    format: Format
+    request: ChatRequest
+    upstream: Any = None  # megagate.config.UpstreamConfig chosen for this attempt
+    api_key: str | None = None  # the pool key leased for this attempt
+    key_id: str | None = None  # its public id, safe to log
+    attempts: int = 0
+    tried: list[str] = field(default_factory=list)
+    served_model: str | None = None
+    usage: Usage | None = None
+    first_byte_at: float | None = None
+    client_name: str | None = None
+    response_started: bool = False
+
+
+def get_state(scope: dict[str, Any]) -> RequestState | None:
+    state = scope.get("state")
+    return state.get(SCOPE_KEY) if state else None
+
+
+def set_state(scope: dict[str, Any], request_state: RequestState) -> None:
+    scope.setdefault("state", {})[SCOPE_KEY] = request_state
+
+
+def route_path(scope: dict[str, Any]) -> str:
+    """The path below the mount point: `/v1/chat/completions` also when mounted at `/llm` (as Starlette's Mount
+    sets `root_path` and keeps the full `path`)."""
+    path: str = scope["path"]
+    root = scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] in ("/", ""):
+        return path[len(root) :] or "/"
+    return path
+
+
+def route_format(scope: dict[str, Any]) -> Format:
+    """The API format a path speaks, and so the envelope its errors use."""
+    return "anthropic" if route_path(scope).startswith("/v1/messages") else "openai"

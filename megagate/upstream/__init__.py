@@ -1,0 +1,77 @@
+"""The upstream HTTP client seam: what megagate needs from a transport, and which one to build from config.
+
+Two implementations sit behind `Transport`: `HttpcoreTransport` (httpcore connections reused from a LIFO kept
+here, not httpcore's pool; see the benchmarks README) and `FastTransport` (anyio byte streams + httptools' parser).
+Both raise only megagate's own `Upstream*` errors, so nothing above this package knows which one runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import urlsplit
+
+Headers = list[tuple[bytes, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    scheme: str
+    host: str
+    port: int
+
+    @classmethod
+    def from_url(cls, url: str) -> Origin:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        port = parts.port or (443 if scheme == "https" else 80)
+        return cls(scheme, parts.hostname or "", port)
+
+    @property
+    def host_header(self) -> bytes:
+        default = 443 if self.scheme == "https" else 80
+        return (self.host if self.port == default else f"{self.host}:{self.port}").encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect: float = 10.0
+    read: float = 300.0
+    write: float = 30.0
+    pool: float = 10.0
+    first_byte: float = 120.0
+
+
+class UpstreamResponse(Protocol):
+    status: int
+    headers: Headers
+
+    def aiter_bytes(self) -> AsyncIterator[bytes]:
+        """The body as it arrives; each wait is bounded by the read timeout."""
+        ...
+
+    async def read(self, limit: int = ...) -> bytes:
+        """The whole body (at most `limit` bytes; more is a protocol error)."""
+        ...
+
+
+class Transport(Protocol):
+    def stream(
+        self,
+        method: bytes,
+        origin: Origin,
+        target: bytes,
+        headers: Headers,
+        body: bytes,
+        *,
+        first_byte: float | None = None,
+    ) -> AbstractAsyncContextManager[UpstreamResponse]:
+        """Send a request; inside the context the response's headers have arrived and its body can be read.
+
+        Waiting for the headers is bounded by `first_byte` (default: the transport's first-byte timeout).
+        Leaving the context early closes the connection (it is never reused half-read)."""
+        ...
+
+    async def aclose(self) -> None: ...

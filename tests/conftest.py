@@ -1,0 +1,139 @@
+"""Shared fixtures: both event loops for every async test, and real processes for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from megagate.serve import free_port
+
+HYPERCORN_TOML = Path(__file__).resolve().parent.parent / "hypercorn.toml"
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """Explicit: anyio>=4.12 silently drops an unimportable trio."""
+    return str(request.param)
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"process exited early with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listened on 127.0.0.1:{port} within {timeout}s")
+
+
+class Process:
+    """A child process with its output captured to a file, so tests can grep what it printed."""
+
+    def __init__(self, args: list[str], port: int, log: Path, env: dict[str, str] | None = None) -> None:
+        self.port = port
+        self.log = log
+        self._file = open(log, "wb")
+        self.popen = subprocess.Popen(args, stdout=self._file, stderr=subprocess.STDOUT, env=env)
+        wait_for_port(port, self.popen)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        self._file.flush()
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        self.popen.terminate()
+        try:
+            self.popen.wait(10)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+        self._file.close()
+
+
+def start_fake(tmp: Path, *extra: str) -> Process:
+    port = free_port()
+    return Process([sys.executable, "-m", "megagate.fake", "--port", str(port), *extra], port, tmp / f"fake-{port}.log")
+
+
+def start_gateway(tmp: Path, config_toml: str, *hypercorn_args: str) -> Process:
+    port = free_port()
+    config = tmp / f"megagate-{port}.toml"
+    config.write_text(config_toml)
+    env = {**os.environ, "MEGAGATE_CONFIG": str(config)}
+    args = [sys.executable, "-m", "hypercorn", "-c", str(HYPERCORN_TOML), "-b", f"127.0.0.1:{port}", *hypercorn_args]
+    return Process([*args, "megagate.app:app"], port, tmp / f"gateway-{port}.log", env)
+
+
+class FakeControl:
+    """Talks to a fake upstream's control routes with the standard library only."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
+        import urllib.request
+
+        data = msgspec.json.encode(body) if body is not None else None
+        request = urllib.request.Request(self.url + path, data=data, method=method)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return msgspec.json.decode(response.read())
+
+    def requests(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/_fake/requests"))
+
+    def reset(self) -> None:
+        self._call("DELETE", "/_fake/requests")
+        self._call("DELETE", "/_fake/rules")
+
+    def add_rule(self, fault: dict[str, Any], **match: Any) -> None:
+        self._call("POST", "/_fake/rules", {"fault": fault, **match})
+
+
+@pytest.fixture(scope="session")
+def fake_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+    process = start_fake(tmp_path_factory.mktemp("fake"))
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def fake(fake_upstream: Process) -> FakeControl:
+    control = FakeControl(fake_upstream.url)
+    control.reset()
+    return control
+
+
+GATEWAY_KEYS = ["sk-mega-test-key-aaaa1111", "sk-mega-test-key-bbbb2222", "sk-mega-test-key-cccc3333"]
+
+
+def gateway_toml(fake_url: str, keys: list[str] = GATEWAY_KEYS, extra: str = "") -> str:
+    return f"""
+{extra}
+[[upstreams]]
+name = "fake"
+base_url = "{fake_url}/v1"
+keys = {msgspec.json.encode(keys).decode()}
+"""
+
+
+@pytest.fixture(scope="session")
+def gateway(fake_upstream: Process, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+    process = start_gateway(tmp_path_factory.mktemp("gateway"), gateway_toml(fake_upstream.url))
+    yield process
+    process.stop()

@@ -1,0 +1,77 @@
+"""Configuration: simple mode from the environment, full mode from TOML, one clear line for a bad field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from megagate.config import load_config
+from megagate.core.errors import ConfigError
+
+
+def test_simple_mode_reads_keys_base_url_and_default_model() -> None:
+    config = load_config(
+        {"MEGALLM_API_KEYS": "k1, k2,", "MEGALLM_BASE_URL": "http://127.0.0.1:9/v1", "MEGAGATE_DEFAULT_MODEL": "gpt-4"}
+    )
+    upstream = config.upstreams[0]
+    assert [k.key for k in upstream.key_configs] == ["k1", "k2"]
+    assert upstream.origin_url == "http://127.0.0.1:9" and config.default_model == "gpt-4"
+
+
+def test_single_key_variable_and_megallm_default_base() -> None:
+    config = load_config({"MEGALLM_API_KEY": "k"})
+    assert config.upstreams[0].base_url == "https://ai.megallm.io"
+    assert config.default_model == "openai-gpt-oss-120b"
+
+
+def test_no_key_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="MEGALLM_API_KEYS"):
+        load_config({})
+
+
+def test_toml_with_env_secrets_and_routing(tmp_path: Path) -> None:
+    path = tmp_path / "megagate.toml"
+    path.write_text(
+        """
+default_model = "gpt-4"
+[aliases]
+fast = "llama3.3-70b-instruct"
+[timeouts]
+connect = 2.5
+[[upstreams]]
+name = "local"
+base_url = "http://127.0.0.1:8001"
+models = ["llama*"]
+[[upstreams]]
+name = "megallm"
+base_url = "https://ai.megallm.io/v1"
+keys = ["env:MY_KEY", {key = "literal", tier = "pro"}]
+"""
+    )
+    config = load_config({"MEGAGATE_CONFIG": str(path), "MY_KEY": "from-env"})
+    assert config.timeouts.connect == 2.5
+    assert config.upstream_for("llama3.3-70b-instruct").name == "local"  # type: ignore[union-attr]
+    assert config.upstream_for("gpt-4").name == "megallm"  # type: ignore[union-attr]
+    assert [k.key for k in config.upstreams[1].key_configs] == ["from-env", "literal"]
+
+
+@pytest.mark.parametrize(
+    ("toml", "field"),
+    [
+        ('[[upstreams]]\nname = "a"\nbase_url = "http://x"\nbogus = 1\n', "upstreams[0]"),
+        ('[timeouts]\nconnect = -1\n[[upstreams]]\nname = "a"\nbase_url = "http://x"\n', "timeouts.connect"),
+        ('[[upstreams]]\nname = "a"\nbase_url = "x"\n', "upstreams[0].base_url"),
+        ('[[upstreams]]\nname = "a"\nbase_url = "http://x"\nkeys = ["env:UNSET_VAR_X"]\n', "upstreams[0].keys[0]"),
+        ("default_model = 3\n", "default_model"),
+        ("upstreams = []\n", "upstreams"),
+        ("not toml [", "MEGAGATE_CONFIG"),
+    ],
+)
+def test_bad_config_names_the_field(tmp_path: Path, toml: str, field: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as caught:
+        load_config({"MEGAGATE_CONFIG": str(path)})
+    assert str(caught.value).startswith(field)
+    assert "\n" not in str(caught.value)
