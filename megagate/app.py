@@ -24,7 +24,7 @@ from megagate.models import ModelsEndpoint
 from megagate.proxy import UpstreamProxy
 from megagate.state import route_format
 from megagate.upstream import Timeouts, Transport
-from megagate.upstream.httpcore_transport import HttpcoreTransport
+from megagate.upstream.fast_transport import FastTransport
 
 logger = logging.getLogger("megagate")
 Clock = Callable[[], float]
@@ -33,7 +33,12 @@ Clock = Callable[[], float]
 def build_transport(config: Config) -> Transport:
     t = config.timeouts
     timeouts = Timeouts(connect=t.connect, read=t.read, write=t.write, pool=t.pool, first_byte=t.first_byte)
-    return HttpcoreTransport(timeouts=timeouts, max_connections=max(u.max_connections for u in config.upstreams))
+    max_connections = max(u.max_connections for u in config.upstreams)
+    if config.transport == "httpcore":
+        from megagate.upstream.httpcore_transport import HttpcoreTransport
+
+        return HttpcoreTransport(timeouts=timeouts, max_connections=max_connections)
+    return FastTransport(timeouts=timeouts, max_connections=max_connections)
 
 
 class Only:

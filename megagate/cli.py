@@ -48,9 +48,9 @@ def serve(args: argparse.Namespace) -> int:
 async def _stream_demo(port: int) -> None:
     from megagate.core.sse import SSEDecoder
     from megagate.upstream import Origin, Timeouts
-    from megagate.upstream.httpcore_transport import HttpcoreTransport
+    from megagate.upstream.fast_transport import FastTransport
 
-    transport = HttpcoreTransport(timeouts=Timeouts())
+    transport = FastTransport(timeouts=Timeouts())
     body = msgspec.json.encode({"messages": [{"role": "user", "content": DEMO_PROMPT}], "stream": True})
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     print(f'$ curl -N http://127.0.0.1:{port}/v1/chat/completions -d \'{{"messages": [...], "stream": true}}\'')
