@@ -18,6 +18,7 @@ from typing import Any
 import anyio
 import msgspec
 
+from megagate.asgi import read_body
 from megagate.core.schemas import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -76,6 +77,7 @@ MODELS = (
     "llama3.3-70b-instruct",
 )
 
+MAX_BODY = 64 * 1024 * 1024
 _encoder = msgspec.json.Encoder()
 _any = msgspec.json.Decoder(Any)
 
@@ -132,12 +134,7 @@ class FakeUpstream:
             await send({"type": "lifespan.shutdown.complete"})
             return
         path, method = scope["path"], scope["method"]
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive, MAX_BODY)
         if path.startswith("/_fake/"):
             await self._control(path, method, body, send)
             return

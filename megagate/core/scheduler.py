@@ -1,0 +1,243 @@
+"""A sans-I/O, rate-limit-aware scheduler for a pool of upstream keys: which key for this request, and what
+its outcome means for the key.
+
+Theory of operation: every call takes `now` (monotonic seconds); nothing here reads a clock, sleeps or awaits.
+Each key keeps a 60 s sliding window of request times and token counts, its in-flight count, a cooldown and a
+disabled flag. `acquire` skips keys without headroom *before* the request is sent (so 429s are avoided rather than
+suffered), and when no key can serve it returns a `Wait` saying when the earliest one will (or that a slot must be
+released first). `release` records the outcome: real token usage replaces the estimate; 429 cools the key for
+Retry-After or an exponential backoff (1 s doubling, capped at 60 s); 401/403 disables it until a probe after
+`probe_interval` succeeds; repeated 5xx/timeouts earn a short penalty.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+WINDOW = 60.0
+BACKOFF_START = 1.0
+BACKOFF_CAP = 60.0
+TIERS = {"basic": (60, 90_000, 10), "pro": (300, 450_000, 40)}  # MegaLLM's published rpm, tpm, concurrency
+
+Strategy = Literal["round_robin", "least_busy", "weighted"]
+
+
+class Outcome(enum.Enum):
+    SUCCESS = "success"
+    RATE_LIMITED = "rate_limited"
+    AUTH_FAILED = "auth_failed"
+    SERVER_ERROR = "server_error"
+    TIMEOUT = "timeout"
+    CLIENT_ERROR = "client_error"  # the request's fault (a 400): says nothing about the key
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLimits:
+    rpm: int | None = None
+    tpm: int | None = None
+    max_concurrency: int | None = None
+    weight: float = 1.0
+
+    @classmethod
+    def for_tier(cls, tier: str | None, **overrides: int | float | None) -> KeyLimits:
+        rpm, tpm, concurrency = TIERS[tier] if tier else (None, None, None)
+        values = {"rpm": rpm, "tpm": tpm, "max_concurrency": concurrency}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]
+
+
+@dataclass(slots=True)
+class KeyState:
+    """One key's live state. `tokens` holds [time, count] pairs so a release can correct its estimate."""
+
+    id: str
+    limits: KeyLimits
+    in_flight: int = 0
+    requests: deque[float] = field(default_factory=deque)
+    tokens: deque[list[float]] = field(default_factory=deque)
+    token_sum: float = 0.0
+    cooldown_until: float = 0.0
+    backoff: float = 0.0
+    failures: int = 0
+    disabled: bool = False
+    probe_at: float = 0.0
+    probing: bool = False
+    last_error: str | None = None
+    current_weight: float = 0.0
+
+    def prune(self, now: float) -> None:
+        horizon = now - WINDOW
+        requests, tokens = self.requests, self.tokens
+        while requests and requests[0] <= horizon:
+            requests.popleft()
+        while tokens and tokens[0][0] <= horizon:
+            self.token_sum -= tokens.popleft()[1]
+
+    def ready_at(self, tokens: int, now: float) -> float | None:
+        """When this key could take a request of `tokens` (now if it can), or None if only a release can help."""
+        if self.disabled:
+            return now if now >= self.probe_at and not self.probing else max(self.probe_at, now + 1.0)
+        at = max(now, self.cooldown_until)
+        limits = self.limits
+        if limits.max_concurrency is not None and self.in_flight >= limits.max_concurrency:
+            return None
+        if limits.rpm is not None and len(self.requests) >= limits.rpm:
+            at = max(at, self.requests[len(self.requests) - limits.rpm] + WINDOW)
+        if limits.tpm is not None and self.token_sum + tokens > limits.tpm and self.tokens:
+            # Tokens expire oldest first: find when enough have left the window. A request larger than the whole
+            # budget is allowed on an empty window, or it could never run.
+            excess = self.token_sum + tokens - limits.tpm
+            for stamp, count in self.tokens:
+                excess -= count
+                if excess <= 0:
+                    at = max(at, stamp + WINDOW)
+                    break
+            else:  # larger than the budget: it runs alone, once the window is empty
+                at = max(at, self.tokens[-1][0] + WINDOW)
+        return at
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    index: int
+    key_id: str
+    tokens: int
+    entry: list[float]
+    probe: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """No key can serve now. `seconds` until the earliest can, or None if only a release frees one."""
+
+    seconds: float | None
+
+
+class KeyScheduler:
+    def __init__(
+        self,
+        ids: Sequence[str],
+        limits: Sequence[KeyLimits] | None = None,
+        *,
+        strategy: Strategy = "round_robin",
+        probe_interval: float = 600.0,
+        failure_threshold: int = 3,
+        failure_penalty: float = 5.0,
+    ) -> None:
+        if not ids:
+            raise ValueError("a key scheduler needs at least one key")
+        limits = limits or [KeyLimits()] * len(ids)
+        self.keys = [KeyState(key_id, lim) for key_id, lim in zip(ids, limits, strict=True)]
+        self.strategy = strategy
+        self.probe_interval = probe_interval
+        self.failure_threshold = failure_threshold
+        self.failure_penalty = failure_penalty
+        self._cursor = 0
+
+    def acquire(self, tokens: int, now: float, exclude: frozenset[int] = frozenset()) -> Lease | Wait:
+        """Lease a key for a request estimated at `tokens`, or say how long until one could serve it."""
+        earliest: float | None = None
+        candidates: list[int] = []
+        count = len(self.keys)
+        for offset in range(count):
+            index = (self._cursor + offset) % count
+            if index in exclude:
+                continue
+            key = self.keys[index]
+            key.prune(now)
+            at = key.ready_at(tokens, now)
+            if at is not None and at <= now:
+                if self.strategy == "round_robin":
+                    self._cursor = index + 1
+                    return self._lease(index, tokens, now)
+                candidates.append(index)
+            elif at is not None and (earliest is None or at < earliest):
+                earliest = at
+        if candidates:
+            return self._lease(self._choose(candidates, now), tokens, now)
+        return Wait(None if earliest is None else earliest - now)
+
+    def _choose(self, candidates: list[int], now: float) -> int:
+        keys = self.keys
+        if self.strategy == "least_busy":
+
+            def headroom(i: int) -> float:
+                limits = keys[i].limits
+                left = [1.0]
+                if limits.rpm:
+                    left.append(1 - len(keys[i].requests) / limits.rpm)
+                if limits.tpm:
+                    left.append(1 - keys[i].token_sum / limits.tpm)
+                return min(left)
+
+            return min(candidates, key=lambda i: (keys[i].in_flight, -headroom(i)))
+        # weighted: smooth weighted round robin (as nginx): even spread in proportion to weight
+        total = 0.0
+        best = candidates[0]
+        for i in candidates:
+            keys[i].current_weight += keys[i].limits.weight
+            total += keys[i].limits.weight
+            if keys[i].current_weight > keys[best].current_weight:
+                best = i
+        keys[best].current_weight -= total
+        return best
+
+    def _lease(self, index: int, tokens: int, now: float) -> Lease:
+        key = self.keys[index]
+        probe = key.disabled
+        if probe:
+            key.probing = True
+        key.in_flight += 1
+        key.requests.append(now)
+        entry = [now, float(tokens)]
+        key.tokens.append(entry)
+        key.token_sum += tokens
+        return Lease(index, key.id, tokens, entry, probe)
+
+    def release(
+        self,
+        lease: Lease,
+        outcome: Outcome,
+        now: float,
+        *,
+        tokens_used: int | None = None,
+        retry_after: float | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Return a lease with its outcome. Call exactly once per lease, on every path."""
+        key = self.keys[lease.index]
+        key.in_flight -= 1
+        if tokens_used is not None and lease.entry[0] > now - WINDOW:
+            key.token_sum += tokens_used - lease.entry[1]
+            lease.entry[1] = float(tokens_used)
+        if lease.probe:
+            key.probing = False
+        if outcome is Outcome.SUCCESS:
+            key.failures = 0
+            key.backoff = 0.0
+            if lease.probe:  # only a probe proves a disabled key works again, not a request leased before the 401
+                key.disabled = False
+        elif outcome is Outcome.RATE_LIMITED:
+            if retry_after is None:
+                key.backoff = min(BACKOFF_CAP, key.backoff * 2 if key.backoff else BACKOFF_START)
+                retry_after = key.backoff
+            key.cooldown_until = max(key.cooldown_until, now + retry_after)
+        elif outcome is Outcome.AUTH_FAILED:
+            key.disabled = True
+            key.probe_at = now + self.probe_interval
+        elif outcome in (Outcome.SERVER_ERROR, Outcome.TIMEOUT):
+            key.failures += 1
+            if key.failures >= self.failure_threshold:
+                key.cooldown_until = max(key.cooldown_until, now + self.failure_penalty)
+                key.failures = 0
+        if error is not None and outcome is not Outcome.SUCCESS:
+            key.last_error = error
+
+    def usable(self, now: float) -> bool:
+        """Whether any key is neither disabled nor cooling (for readiness)."""
+        return any(not k.disabled and k.cooldown_until <= now for k in self.keys)
