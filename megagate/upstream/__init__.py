@@ -8,10 +8,14 @@ Both raise only megagate's own `Upstream*` errors, so nothing above this package
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
+
+import anyio
+
+from megagate.core.errors import UpstreamTimeout
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -75,3 +79,26 @@ class Transport(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+class OriginSlots:
+    """At most `max_connections` requests in flight per origin; waiting for a slot is bounded by `pool_timeout`."""
+
+    def __init__(self, max_connections: int, pool_timeout: float) -> None:
+        self.max_connections = max_connections
+        self.pool_timeout = pool_timeout
+        self._limits: dict[Origin, anyio.Semaphore] = {}
+
+    @asynccontextmanager
+    async def slot(self, origin: Origin) -> AsyncIterator[None]:
+        limit = self._limits.get(origin)
+        if limit is None:
+            limit = self._limits[origin] = anyio.Semaphore(self.max_connections)
+        with anyio.move_on_after(self.pool_timeout) as waited:
+            await limit.acquire()
+        if waited.cancelled_caught:
+            raise UpstreamTimeout("no upstream connection became free within the pool timeout")
+        try:
+            yield
+        finally:
+            limit.release()

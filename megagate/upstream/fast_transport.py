@@ -24,7 +24,7 @@ import anyio.abc
 import httptools
 
 from megagate.core.errors import UpstreamConnectError, UpstreamError, UpstreamProtocolError, UpstreamTimeout
-from megagate.upstream import Headers, Origin, Timeouts
+from megagate.upstream import Headers, Origin, OriginSlots, Timeouts
 
 READ_SIZE = 65536
 IDLE_EXPIRY = 30.0
@@ -158,7 +158,7 @@ class FastTransport:
         self.max_connections = max_connections
         self.ssl_context = ssl_context
         self._idle: dict[Origin, list[_Connection]] = {}
-        self._limits: dict[Origin, anyio.Semaphore] = {}
+        self._slots = OriginSlots(max_connections, timeouts.pool)
         self._closed = False
 
     async def _connect(self, origin: Origin) -> _Connection:
@@ -231,14 +231,7 @@ class FastTransport:
     ) -> AsyncIterator[_Response]:
         if self._closed:
             raise UpstreamError("transport is closed")
-        limit = self._limits.get(origin)
-        if limit is None:
-            limit = self._limits[origin] = anyio.Semaphore(self.max_connections)
-        with anyio.move_on_after(self.timeouts.pool) as waited:
-            await limit.acquire()
-        if waited.cancelled_caught:
-            raise UpstreamTimeout("no upstream connection became free within the pool timeout")
-        try:
+        async with self._slots.slot(origin):
             request = _encode_request(method, target, origin.host_header, headers, body)
             connection = await self._start(origin, request, first_byte or self.timeouts.first_byte)
             reusable = False
@@ -251,8 +244,6 @@ class FastTransport:
                     self._idle.setdefault(origin, []).append(connection)
                 else:
                     await self._close(connection)
-        finally:
-            limit.release()
 
     async def aclose(self) -> None:
         self._closed = True

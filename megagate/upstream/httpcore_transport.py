@@ -22,7 +22,7 @@ from megagate.core.errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from megagate.upstream import Headers, Origin, Timeouts
+from megagate.upstream import Headers, Origin, OriginSlots, Timeouts
 
 KEEPALIVE_EXPIRY = 60.0
 
@@ -94,12 +94,10 @@ class HttpcoreTransport:
             "write": timeouts.write,
             "pool": timeouts.pool,
         }
-        self._pool_timeout = timeouts.pool
         self._first_byte = timeouts.first_byte
-        self._max_connections = max_connections
         self._ssl_context = ssl_context
         self._idle: dict[Origin, list[httpcore.AsyncHTTPConnection]] = {}
-        self._limits: dict[Origin, anyio.Semaphore] = {}
+        self._slots = OriginSlots(max_connections, timeouts.pool)
         self._closed = False
 
     def _checkout(self, origin: Origin) -> httpcore.AsyncHTTPConnection:
@@ -129,14 +127,7 @@ class HttpcoreTransport:
     ) -> AsyncIterator[_Response]:
         if self._closed:
             raise UpstreamError("transport is closed")
-        limit = self._limits.get(origin)
-        if limit is None:
-            limit = self._limits[origin] = anyio.Semaphore(self._max_connections)
-        with anyio.move_on_after(self._pool_timeout) as scope:
-            await limit.acquire()
-        if scope.cancelled_caught:
-            raise UpstreamTimeout("no upstream connection became free within the pool timeout")
-        try:
+        async with self._slots.slot(origin):
             connection = self._checkout(origin)
             url = httpcore.URL(
                 scheme=origin.scheme.encode(), host=origin.host.encode(), port=origin.port, target=target
@@ -163,8 +154,6 @@ class HttpcoreTransport:
                 else:
                     with anyio.CancelScope(shield=True):
                         await connection.aclose()
-        finally:
-            limit.release()
 
     async def aclose(self) -> None:
         self._closed = True
