@@ -12,7 +12,7 @@ from megagate.asgi import Receive, Scope, Send, send_json
 from megagate.config import Config, UpstreamConfig
 from megagate.core.errors import MegagateError, NotFound, UpstreamError
 from megagate.core.schemas import Model, ModelList, model_list_decoder
-from megagate.proxy import upstream_error
+from megagate.proxy import base_path_of, upstream_error
 from megagate.state import route_path
 from megagate.upstream import Origin, Transport
 
@@ -80,8 +80,7 @@ class ModelsEndpoint:
 
     async def _fetch(self, upstream: UpstreamConfig) -> list[Model]:
         origin = Origin.from_url(upstream.origin_url)
-        prefix = upstream.origin_url.split("://", 1)[1]
-        base_path = prefix[prefix.find("/") :].encode() if "/" in prefix else b""
+        base_path = base_path_of(upstream.origin_url)
         headers = [(b"accept", b"application/json")]
         keys = upstream.key_configs
         if keys:

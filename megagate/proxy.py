@@ -94,7 +94,7 @@ class UpstreamProxy:
         self.config = config
         self.transport = transport
         self.path = path
-        self._origins = {u.name: (Origin.from_url(u.origin_url), _base_path(u.origin_url)) for u in config.upstreams}
+        self._origins = {u.name: (Origin.from_url(u.origin_url), base_path_of(u.origin_url)) for u in config.upstreams}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = get_state(scope)
@@ -192,7 +192,7 @@ def _raise_for_error_event(data: bytes) -> None:
         raise upstream_error(502, data, None, ())
 
 
-def _base_path(origin_url: str) -> bytes:
+def base_path_of(origin_url: str) -> bytes:
     """The path prefix of an upstream base URL (`http://host/openai` serves `/openai/v1/...`)."""
     after_scheme = origin_url.split("://", 1)[1]
     slash = after_scheme.find("/")

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import anyio
 
-from megagate.core.errors import UpstreamTimeout
+from megagate.core.errors import UpstreamProtocolError, UpstreamTimeout
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -102,3 +102,15 @@ class OriginSlots:
             yield
         finally:
             limit.release()
+
+
+async def read_limited(chunks: AsyncIterator[bytes], limit: int) -> bytes:
+    """A whole body from `chunks`, or UpstreamProtocolError past `limit` bytes (shared by both transports)."""
+    parts = []
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            raise UpstreamProtocolError(f"upstream body larger than {limit} bytes")
+        parts.append(chunk)
+    return b"".join(parts)

@@ -24,7 +24,7 @@ import anyio.abc
 import httptools
 
 from megagate.core.errors import UpstreamConnectError, UpstreamError, UpstreamProtocolError, UpstreamTimeout
-from megagate.upstream import Headers, Origin, OriginSlots, Timeouts
+from megagate.upstream import Headers, Origin, OriginSlots, Timeouts, read_limited
 
 READ_SIZE = 65536
 IDLE_EXPIRY = 30.0
@@ -118,14 +118,7 @@ class _Response:
         return body[0] if len(body) == 1 else b"".join(body)
 
     async def read(self, limit: int = 16 * 1024 * 1024) -> bytes:
-        parts = []
-        size = 0
-        async for chunk in self:
-            size += len(chunk)
-            if size > limit:
-                raise UpstreamProtocolError(f"upstream body larger than {limit} bytes")
-            parts.append(chunk)
-        return b"".join(parts)
+        return await read_limited(self, limit)
 
 
 async def _mapped(awaitable: Any) -> Any:

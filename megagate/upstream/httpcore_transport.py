@@ -22,7 +22,7 @@ from megagate.core.errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from megagate.upstream import Headers, Origin, OriginSlots, Timeouts
+from megagate.upstream import Headers, Origin, OriginSlots, Timeouts, read_limited
 
 KEEPALIVE_EXPIRY = 60.0
 
@@ -72,14 +72,7 @@ class _Response:
         await self._response.aclose()
 
     async def read(self, limit: int = 16 * 1024 * 1024) -> bytes:
-        parts = []
-        size = 0
-        async for chunk in self.aiter_bytes():
-            size += len(chunk)
-            if size > limit:
-                raise UpstreamProtocolError(f"upstream body larger than {limit} bytes")
-            parts.append(chunk)
-        return b"".join(parts)
+        return await read_limited(self.aiter_bytes(), limit)
 
 
 class HttpcoreTransport:
