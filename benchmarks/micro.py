@@ -47,7 +47,7 @@ def main() -> None:
         scheduler = KeyScheduler([f"k{i}" for i in range(keys)], limits)
         clock = [0.0]
 
-        def cycle(scheduler: KeyScheduler = scheduler) -> None:
+        def cycle(scheduler: KeyScheduler = scheduler, clock: list[float] = clock) -> None:
             clock[0] += 0.05  # 20 req/s: inside 10 pro keys' rpm, so every acquire succeeds
             lease = scheduler.acquire(200, clock[0])
             assert isinstance(lease, Lease)

@@ -2,8 +2,8 @@
 
 Request path (outermost first)::
 
-    ErrorsMiddleware -> DefaultsMiddleware -> Router --/v1/chat/completions--> UpstreamProxy -> upstream
-                                                    \\--/v1/models, /healthz--> ModelsEndpoint, health
+    ErrorsMiddleware -> DefaultsMiddleware -> RotationMiddleware -> Router --/v1/chat/completions--> UpstreamProxy
+                                                                         \\--/v1/models, /healthz, /admin/keys
 """
 
 from __future__ import annotations
@@ -15,12 +15,15 @@ from typing import Any
 
 from starlette.routing import Route, Router
 
+from megagate.admin import AdminGuard, KeysEndpoint
 from megagate.asgi import ASGIApp, Receive, Scope, Send, send_error, send_json
 from megagate.config import Config, load_config
 from megagate.core.errors import ConfigError, InvalidRequest, NotFound
 from megagate.middleware.defaults import DefaultsMiddleware
 from megagate.middleware.errors import ErrorsMiddleware
+from megagate.middleware.rotation import RotationMiddleware
 from megagate.models import ModelsEndpoint
+from megagate.pool import KeyPool, LocalKeyPool
 from megagate.proxy import UpstreamProxy
 from megagate.state import route_format
 from megagate.upstream import Timeouts, Transport
@@ -73,15 +76,25 @@ class Gateway:
     def __init__(self, config: Config, *, transport: Transport | None = None, clock: Clock = time.monotonic) -> None:
         self.config = config
         self.transport = transport or build_transport(config)
+        self.pools: dict[str, KeyPool] = {
+            u.name: LocalKeyPool(u.name, u.key_configs, config.rotation, clock=clock)
+            for u in config.upstreams
+            if u.keys
+        }
         proxy = UpstreamProxy(config=config, transport=self.transport)
         models = ModelsEndpoint(config=config, transport=self.transport, clock=clock)
+        routes = [
+            Route("/v1/chat/completions", Only(("POST",), proxy)),
+            Route("/v1/models", Only(("GET",), models)),
+            Route("/v1/models/{model:path}", Only(("GET",), models)),
+            Route("/healthz", Only(("GET", "HEAD"), health)),
+        ]
+        if config.admin_token:
+            routes.append(
+                Route("/admin/keys", Only(("GET",), AdminGuard(KeysEndpoint(self.pools), config.admin_token)))
+            )
         router = Router(
-            routes=[
-                Route("/v1/chat/completions", Only(("POST",), proxy)),
-                Route("/v1/models", Only(("GET",), models)),
-                Route("/v1/models/{model:path}", Only(("GET",), models)),
-                Route("/healthz", Only(("GET", "HEAD"), health)),
-            ],
+            routes=routes,
             default=Only(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"), not_found),
         )
         stack: list[tuple[Any, dict[str, Any]]] = [
@@ -94,6 +107,10 @@ class Gateway:
                     "aliases": config.aliases,
                     "max_body_bytes": config.max_body_bytes,
                 },
+            ),
+            (
+                RotationMiddleware,
+                {"pools": self.pools, "upstream_for": config.upstream_for, "rotation": config.rotation, "clock": clock},
             ),
         ]
         app: ASGIApp = router

@@ -94,7 +94,7 @@ def demo(args: argparse.Namespace) -> int:
         async with anyio.create_task_group() as group:
             for app, host, port in ((fake, "127.0.0.1", fake_port), (gateway, args.host, args.port)):
                 group.start_soon(
-                    partial(hypercorn_serve, app, hypercorn_config(host, port), shutdown_trigger=stop.wait)
+                    partial(hypercorn_serve, app, hypercorn_config(host, port), shutdown_trigger=stop.wait)  # type: ignore[arg-type]
                 )
             await anyio.sleep(0.5)
             await _stream_demo(args.port)

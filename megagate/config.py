@@ -23,13 +23,14 @@ DEFAULT_MODEL = "openai-gpt-oss-120b"
 
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
 
 
 class _Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     pass
 
 
-class Timeouts(_Config):
+class Timeouts(_Config, frozen=True):
     """Seconds. `read` bounds each wait for upstream bytes; `first_byte` the wait for the response to start."""
 
     connect: PositiveFloat = 10.0
@@ -39,7 +40,7 @@ class Timeouts(_Config):
     first_byte: PositiveFloat = 120.0
 
 
-class KeyConfig(_Config):
+class KeyConfig(_Config, frozen=True):
     """One upstream key with its limits; `tier` fills rpm/tpm/max_concurrency from MegaLLM's published tiers."""
 
     key: str
@@ -50,7 +51,7 @@ class KeyConfig(_Config):
     weight: PositiveFloat = 1.0
 
 
-class UpstreamConfig(_Config):
+class UpstreamConfig(_Config, frozen=True):
     name: str
     base_url: str
     keys: list[str | KeyConfig] = []
@@ -71,7 +72,19 @@ class UpstreamConfig(_Config):
         return [k if isinstance(k, KeyConfig) else KeyConfig(key=k) for k in self.keys]
 
 
-class Config(_Config):
+class Rotation(_Config, frozen=True):
+    """How requests are spread over an upstream's keys (see `core.scheduler` and `middleware.rotation`)."""
+
+    strategy: Literal["round_robin", "least_busy", "weighted"] = "round_robin"
+    max_attempts: PositiveInt = 3  # tries of one request on different keys before the error reaches the client
+    max_wait: NonNegativeFloat = 2.0  # seconds a request may wait for a key when all are saturated; 0: fail at once
+    probe_interval: PositiveFloat = 600.0  # seconds before a key disabled by 401/403 is tried again
+    failure_threshold: PositiveInt = 3  # consecutive 5xx/timeouts before a key is benched...
+    failure_penalty: NonNegativeFloat = 5.0  # ...for this many seconds
+    default_max_tokens: Annotated[int, msgspec.Meta(ge=0)] = 1024  # completion estimate when max_tokens is unset
+
+
+class Config(_Config, frozen=True):
     default_model: str = DEFAULT_MODEL
     defaults: dict[str, Any] = {}
     aliases: dict[str, str] = {}
@@ -81,6 +94,8 @@ class Config(_Config):
     max_body_bytes: PositiveInt = 10 * 1024 * 1024
     # "fast": anyio streams + httptools (default, measured fastest); "httpcore": httpcore connections.
     transport: Literal["fast", "httpcore"] = "fast"
+    rotation: Rotation = Rotation()
+    admin_token: str | None = None  # guards /admin/*; without one the admin routes do not exist
 
     def __post_init__(self) -> None:
         if not self.upstreams:
@@ -91,6 +106,9 @@ class Config(_Config):
         for index, upstream in enumerate(self.upstreams):
             if not re.match(r"^https?://[^/\s]+", upstream.base_url):
                 raise ConfigError(f"upstreams[{index}].base_url: must be an http:// or https:// URL")
+            keys = [k.key for k in upstream.key_configs]
+            if len(set(keys)) != len(keys) or not all(keys):
+                raise ConfigError(f"upstreams[{index}].keys: keys must be non-empty and listed once each")
 
     def upstream_for(self, model: str) -> UpstreamConfig | None:
         """The first upstream that serves `model`, in config order."""
@@ -151,6 +169,10 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
         )
     upstream = {"name": "megallm", "base_url": env.get("MEGALLM_BASE_URL", MEGALLM_BASE_URL), "keys": keys}
     upstream["format"] = "both"
-    return config_from_mapping(
-        {"default_model": env.get("MEGAGATE_DEFAULT_MODEL", DEFAULT_MODEL), "upstreams": [upstream]}, env
-    )
+    simple: dict[str, Any] = {
+        "default_model": env.get("MEGAGATE_DEFAULT_MODEL", DEFAULT_MODEL),
+        "upstreams": [upstream],
+    }
+    if env.get("MEGAGATE_ADMIN_TOKEN"):
+        simple["admin_token"] = env["MEGAGATE_ADMIN_TOKEN"]
+    return config_from_mapping(simple, env)

@@ -61,6 +61,8 @@ def upstream_error(status: int, body: bytes, retry_after: bytes | None, secrets:
         text = body[:500].decode("utf-8", "replace").strip()
         if text:
             message = f"{message}: {text}"
+    if status in (401, 403):
+        message = f"the upstream refused megagate's key (HTTP {status}): {message}"
     for secret in secrets:
         message = message.replace(secret, "[redacted]")
     failure = UpstreamStatus(status, message, retry_after=parse_retry_after(retry_after))
@@ -113,23 +115,41 @@ class UpstreamProxy:
         body = state.request.encode()
         headers.append((b"content-length", str(len(body)).encode()))
         secrets = (key,) if key else ()
+        failure: MegagateError | None = None
         async with anyio.create_task_group() as group:
             # Watch for the client leaving so the upstream request is cancelled at once, not at the next send.
             group.start_soon(_cancel_on_disconnect, receive, group.cancel_scope)
-            async with self.transport.stream(b"POST", origin, base_path + self.path, headers, body) as response:
-                if response.status >= 400:
-                    retry_after = _response_header(response.headers, b"retry-after")
-                    raise upstream_error(response.status, await response.read(MAX_ERROR_BODY), retry_after, secrets)
-                content_type = _response_header(response.headers, b"content-type") or b""
-                if content_type.startswith(b"text/event-stream"):
-                    await self._relay_stream(state, response, send)
-                else:
-                    payload = await response.read(MAX_PLAIN_BODY)
-                    state.usage = read_usage(payload)
-                    state.served_model = state.request.model
-                    state.response_started = True
-                    await send_json(send, response.status, payload, self._response_headers(response.headers))
+            try:
+                await self._exchange(state, origin, base_path + self.path, headers, body, secrets, send)
+            except MegagateError as error:
+                failure = error  # raised below, outside the task group, so it does not arrive as an ExceptionGroup
             group.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+
+    async def _exchange(
+        self,
+        state: RequestState,
+        origin: Origin,
+        target: bytes,
+        headers: Headers,
+        body: bytes,
+        secrets: tuple[str, ...],
+        send: Send,
+    ) -> None:
+        async with self.transport.stream(b"POST", origin, target, headers, body) as response:
+            if response.status >= 400:
+                retry_after = _response_header(response.headers, b"retry-after")
+                raise upstream_error(response.status, await response.read(MAX_ERROR_BODY), retry_after, secrets)
+            content_type = _response_header(response.headers, b"content-type") or b""
+            if content_type.startswith(b"text/event-stream"):
+                await self._relay_stream(state, response, send)
+            else:
+                payload = await response.read(MAX_PLAIN_BODY)
+                state.usage = read_usage(payload)
+                state.served_model = state.request.model
+                state.response_started = True
+                await send_json(send, response.status, payload, self._response_headers(response.headers))
 
     def _headers(self, scope: Scope, key: str | None) -> Headers:
         headers = [(name, value) for name, value in scope["headers"] if name in FORWARDED_HEADERS]

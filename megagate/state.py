@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,16 +31,16 @@ class RequestState:
     response_started: bool = False
 
 
-def get_state(scope: dict[str, Any]) -> RequestState | None:
+def get_state(scope: MutableMapping[str, Any]) -> RequestState | None:
     state = scope.get("state")
     return state.get(SCOPE_KEY) if state else None
 
 
-def set_state(scope: dict[str, Any], request_state: RequestState) -> None:
+def set_state(scope: MutableMapping[str, Any], request_state: RequestState) -> None:
     scope.setdefault("state", {})[SCOPE_KEY] = request_state
 
 
-def route_path(scope: dict[str, Any]) -> str:
+def route_path(scope: MutableMapping[str, Any]) -> str:
     """The path below the mount point: `/v1/chat/completions` also when mounted at `/llm` (as Starlette's Mount
     sets `root_path` and keeps the full `path`)."""
     path: str = scope["path"]
@@ -49,6 +50,6 @@ def route_path(scope: dict[str, Any]) -> str:
     return path
 
 
-def route_format(scope: dict[str, Any]) -> Format:
+def route_format(scope: MutableMapping[str, Any]) -> Format:
     """The API format a path speaks, and so the envelope its errors use."""
     return "anthropic" if route_path(scope).startswith("/v1/messages") else "openai"

@@ -44,7 +44,7 @@ class Process:
     def __init__(self, args: list[str], port: int, log: Path, env: dict[str, str] | None = None) -> None:
         self.port = port
         self.log = log
-        self._file = open(log, "wb")
+        self._file = open(log, "wb")  # noqa: SIM115 -- lives as long as the process; closed in stop()
         self.popen = subprocess.Popen(args, stdout=self._file, stderr=subprocess.STDOUT, env=env)
         wait_for_port(port, self.popen)
 
@@ -53,7 +53,8 @@ class Process:
         return f"http://127.0.0.1:{self.port}"
 
     def output(self) -> str:
-        self._file.flush()
+        if not self._file.closed:
+            self._file.flush()
         return self.log.read_text(errors="replace")
 
     def stop(self) -> None:

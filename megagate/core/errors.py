@@ -83,12 +83,23 @@ class UpstreamError(MegagateError):
 
 
 class UpstreamStatus(UpstreamError):
-    """The upstream answered with an error status; `body` is its (already scrubbed) error body."""
+    """The upstream answered with error status `upstream_status`; `body` is its (already scrubbed) error body.
+
+    The client sees the upstream's own status for the request's faults (400, 404, 413, 422...) and for 429, but a
+    401/403 means megagate's *pool key* was refused, not the client's, and a 5xx is a bad gateway: both become 502
+    (504 stays 504), so an SDK neither blames its own key nor mistakes the gateway for the failing party."""
 
     def __init__(self, status: int, message: str, *, body: bytes = b"", retry_after: float | None = None) -> None:
-        super().__init__(message, status=status, retry_after=retry_after)
+        super().__init__(message, status=client_status_for(status), retry_after=retry_after)
+        self.upstream_status = status
         self.body = body
-        self.type = error_type_for_status(status)
+        self.type = error_type_for_status(self.status)
+
+
+def client_status_for(upstream_status: int) -> int:
+    if upstream_status in (401, 403, 407) or (upstream_status >= 500 and upstream_status != 504):
+        return 502
+    return upstream_status
 
 
 class UpstreamConnectError(UpstreamError):

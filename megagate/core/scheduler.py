@@ -34,6 +34,7 @@ class Outcome(enum.Enum):
     TIMEOUT = "timeout"
     CLIENT_ERROR = "client_error"  # the request's fault (a 400): says nothing about the key
     CANCELLED = "cancelled"
+    CONNECT_ERROR = "connect_error"  # the upstream could not be reached: says nothing about the key either
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,9 +45,9 @@ class KeyLimits:
     weight: float = 1.0
 
     @classmethod
-    def for_tier(cls, tier: str | None, **overrides: int | float | None) -> KeyLimits:
+    def for_tier(cls, tier: str | None, **overrides: float | None) -> KeyLimits:
         rpm, tpm, concurrency = TIERS[tier] if tier else (None, None, None)
-        values = {"rpm": rpm, "tpm": tpm, "max_concurrency": concurrency}
+        values: dict[str, float | None] = {"rpm": rpm, "tpm": tpm, "max_concurrency": concurrency}
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
 

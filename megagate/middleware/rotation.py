@@ -1,0 +1,143 @@
+"""RotationMiddleware: lease an upstream key for each attempt, report how it went, retry on another key.
+
+It sits inside DefaultsMiddleware (it needs the prepared request in the scope) and outside the proxy, which reads
+the leased key from the request state and raises `Upstream*` errors for failures before the client saw a byte.
+Rate-limit (429), auth (401/403), 5xx and connection failures are retried on a key not yet tried, up to
+`max_attempts`; a timeout is not (waiting the same time again on the same model is the fallback layer's call), and a
+request error (400...) never is. Every lease is released exactly once, on every path: success, error, client
+disconnect, cancellation.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import anyio
+
+from megagate.asgi import ASGIApp, Receive, Scope, Send
+from megagate.config import Rotation
+from megagate.core.errors import (
+    MegagateError,
+    NoKeyAvailable,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamStatus,
+    UpstreamTimeout,
+)
+from megagate.core.request import ChatRequest
+from megagate.core.scheduler import Outcome
+from megagate.pool import KeyPool
+from megagate.state import RequestState, get_state
+
+RETRIED = frozenset({Outcome.RATE_LIMITED, Outcome.AUTH_FAILED, Outcome.SERVER_ERROR, Outcome.CONNECT_ERROR})
+
+
+def outcome_for(error: UpstreamError) -> Outcome:
+    """What an upstream failure says about the key that made the request."""
+    if isinstance(error, UpstreamStatus):
+        status = error.upstream_status
+        if status == 429:
+            return Outcome.RATE_LIMITED
+        if status in (401, 403):
+            return Outcome.AUTH_FAILED
+        if status == 408:
+            return Outcome.TIMEOUT
+        return Outcome.SERVER_ERROR if status >= 500 else Outcome.CLIENT_ERROR
+    if isinstance(error, UpstreamTimeout):
+        return Outcome.TIMEOUT
+    if isinstance(error, UpstreamConnectError):
+        return Outcome.CONNECT_ERROR
+    return Outcome.SERVER_ERROR  # a protocol error or an error event in place of an answer
+
+
+def estimate_tokens(request: ChatRequest, default_max_tokens: int) -> int:
+    """Prompt characters / 4 (bytes as a cheap proxy) plus the completion budget; real usage corrects it later."""
+    completion = request.max_tokens if request.max_tokens is not None else default_max_tokens
+    return request.prompt_bytes // 4 + completion
+
+
+class RotationMiddleware:
+    """Spread requests over a pool of upstream keys.
+
+    `pools` maps upstream names to their KeyPool; the upstream of a request is `state.upstream` if an outer layer
+    chose it, else `upstream_for(model)`. With a single pool and no `upstream_for`, every request uses that pool,
+    which is how it is embedded on its own in front of some other app that reads `state.api_key`."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        pools: Mapping[str, KeyPool],
+        upstream_for: Callable[[str], Any] | None = None,
+        rotation: Rotation | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        rotation = rotation or Rotation()
+        self.app = app
+        self.pools = dict(pools)
+        self.upstream_for = upstream_for
+        self.max_attempts = rotation.max_attempts
+        self.max_wait = rotation.max_wait
+        self.default_max_tokens = rotation.default_max_tokens
+        self.clock = clock
+
+    def _pool(self, state: RequestState) -> KeyPool | None:
+        if state.upstream is None and self.upstream_for is not None:
+            state.upstream = self.upstream_for(state.request.model)
+        if state.upstream is not None:
+            return self.pools.get(state.upstream.name)
+        return next(iter(self.pools.values())) if len(self.pools) == 1 else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = get_state(scope) if scope["type"] == "http" else None
+        pool = self._pool(state) if state is not None else None
+        if state is None or pool is None:  # not a prepared request, or an upstream without keys
+            await self.app(scope, receive, send)
+            return
+        tokens = estimate_tokens(state.request, self.default_max_tokens)
+        deadline = self.clock() + self.max_wait
+        tried: set[str] = set()
+        failures: list[UpstreamError] = []
+        for _ in range(self.max_attempts):
+            try:
+                lease = await pool.acquire(tokens, exclude=frozenset(tried), max_wait=max(0.0, deadline - self.clock()))
+            except NoKeyAvailable:
+                if not failures:
+                    raise
+                break  # keys remain but none can serve now: report what the tried ones said
+            tried.add(lease.id)
+            state.api_key, state.key_id = lease.key, lease.id
+            state.attempts += 1
+            state.tried.append(f"{state.request.model} ({lease.id})")
+            state.usage = None
+            outcome, retry_after, error = Outcome.CANCELLED, None, None
+            try:
+                await self.app(scope, receive, send)
+                outcome = Outcome.SUCCESS
+                return
+            except UpstreamError as failure:
+                outcome, retry_after, error = outcome_for(failure), failure.retry_after, failure.message
+                if state.response_started or outcome not in RETRIED:
+                    raise
+                failures.append(failure)
+            except MegagateError:
+                outcome = Outcome.CLIENT_ERROR
+                raise
+            finally:
+                state.api_key = None
+                used = state.usage.total_tokens if state.usage is not None else None
+                with anyio.CancelScope(shield=True):  # a cancelled request still returns its slot
+                    await pool.release(lease, outcome, tokens_used=used, retry_after=retry_after, error=error)
+        raise _final_error(failures, len(tried))
+
+
+def _final_error(failures: list[UpstreamError], keys_tried: int) -> UpstreamError:
+    """The last failure, told as the outcome of every try; a 429 carries the soonest Retry-After seen."""
+    last = failures[-1]
+    last.message = f"{last.message} (tried {keys_tried} upstream key{'s' if keys_tried != 1 else ''})"
+    if last.status == 429:
+        hints = [f.retry_after for f in failures if f.retry_after is not None]
+        last.retry_after = min(hints) if hints else 1.0
+    return last

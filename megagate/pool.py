@@ -1,0 +1,178 @@
+"""The key pool: the small async interface the rotation middleware talks to, and its in-process implementation.
+
+`KeyPool` is the seam for running several workers or replicas: `acquire` (lease a key, waiting a bounded time when
+all are saturated), `release` (return the lease with its outcome) and `report` (each key's state, for the admin
+view and metrics). `LocalKeyPool` wraps the pure `core.scheduler.KeyScheduler` with a clock and the waiting; a
+Redis-backed pool can implement the same three calls over shared windows without touching the middlewares.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Literal, Protocol
+
+import anyio
+import msgspec
+
+from megagate.config import KeyConfig, Rotation
+from megagate.core.errors import NoKeyAvailable
+from megagate.core.scheduler import KeyLimits, KeyScheduler, Lease, Outcome
+from megagate.core.secrets import key_id, mask_key
+
+Clock = Callable[[], float]
+# When the scheduler cannot say when a key frees up (only a release can), suggest this Retry-After.
+RETRY_AFTER_UNKNOWN = 1.0
+
+
+class KeyLease(msgspec.Struct, frozen=True):
+    """A leased key. `key` is the secret itself: it goes into the upstream request and nowhere else."""
+
+    key: str
+    id: str
+    mask: str
+    handle: object  # the implementation's own record of the lease
+
+
+class KeyReport(msgspec.Struct, kw_only=True):
+    """One key's state as the admin view shows it. No secret: only the stable id and the mask."""
+
+    id: str
+    mask: str
+    upstream: str
+    state: Literal["active", "cooling", "disabled"]
+    cooling_for: float | None  # seconds left of a cooldown
+    in_flight: int
+    requests_last_minute: int
+    tokens_last_minute: int
+    rpm: int | None
+    tpm: int | None
+    max_concurrency: int | None
+    last_error: str | None
+
+
+class KeyPool(Protocol):
+    async def acquire(self, tokens: int, *, exclude: frozenset[str] = frozenset(), max_wait: float = 0.0) -> KeyLease:
+        """Lease a key with headroom for `tokens`, not one of `exclude` (ids). Waits up to `max_wait` seconds for
+        one to free up, then raises NoKeyAvailable with a Retry-After."""
+        ...
+
+    async def release(
+        self,
+        lease: KeyLease,
+        outcome: Outcome,
+        *,
+        tokens_used: int | None = None,
+        retry_after: float | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Return `lease` exactly once, on every path, with what happened to its request."""
+        ...
+
+    async def report(self) -> list[KeyReport]: ...
+
+    def usable(self) -> bool:
+        """Whether any key is neither disabled nor cooling (readiness)."""
+        ...
+
+
+class LocalKeyPool:
+    """A KeyPool held in this process: one `KeyScheduler`, the clock, and waiters woken by each release."""
+
+    def __init__(
+        self,
+        upstream: str,
+        keys: Sequence[KeyConfig],
+        rotation: Rotation | None = None,
+        *,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        rotation = rotation or Rotation()
+        self.upstream = upstream
+        self._keys = [k.key for k in keys]
+        self._ids = [key_id(k) for k in self._keys]
+        self._index = {id_: i for i, id_ in enumerate(self._ids)}
+        limits = [
+            KeyLimits.for_tier(k.tier, rpm=k.rpm, tpm=k.tpm, max_concurrency=k.max_concurrency, weight=k.weight)
+            for k in keys
+        ]
+        self.scheduler = KeyScheduler(
+            self._ids,
+            limits,
+            strategy=rotation.strategy,
+            probe_interval=rotation.probe_interval,
+            failure_threshold=rotation.failure_threshold,
+            failure_penalty=rotation.failure_penalty,
+        )
+        self._clock = clock
+        self._waiters: set[anyio.Event] = set()
+
+    async def acquire(self, tokens: int, *, exclude: frozenset[str] = frozenset(), max_wait: float = 0.0) -> KeyLease:
+        excluded = frozenset(self._index[i] for i in exclude if i in self._index)
+        if len(excluded) == len(self._keys):
+            raise NoKeyAvailable(f"Every key of upstream '{self.upstream}' was already tried for this request.")
+        deadline = self._clock() + max_wait
+        while True:
+            now = self._clock()
+            answer = self.scheduler.acquire(tokens, now, excluded)
+            if isinstance(answer, Lease):
+                return KeyLease(self._keys[answer.index], answer.key_id, mask_key(self._keys[answer.index]), answer)
+            remaining = deadline - now
+            if remaining <= 0 or (answer.seconds is not None and answer.seconds > remaining):
+                retry_after = answer.seconds if answer.seconds is not None else RETRY_AFTER_UNKNOWN
+                raise NoKeyAvailable(
+                    f"All keys of upstream '{self.upstream}' are at their rate limits, cooling down or disabled; "
+                    f"retry in {retry_after:.1f} s.",
+                    retry_after=retry_after,
+                )
+            # Sleep until the earliest key is ready, or until any release (a freed concurrency slot), whichever first.
+            released = anyio.Event()
+            self._waiters.add(released)
+            try:
+                with anyio.move_on_after(answer.seconds if answer.seconds is not None else remaining):
+                    await released.wait()
+            finally:
+                self._waiters.discard(released)
+
+    async def release(
+        self,
+        lease: KeyLease,
+        outcome: Outcome,
+        *,
+        tokens_used: int | None = None,
+        retry_after: float | None = None,
+        error: str | None = None,
+    ) -> None:
+        assert isinstance(lease.handle, Lease)
+        self.scheduler.release(
+            lease.handle, outcome, self._clock(), tokens_used=tokens_used, retry_after=retry_after, error=error
+        )
+        for waiter in self._waiters:
+            waiter.set()
+
+    async def report(self) -> list[KeyReport]:
+        now = self._clock()
+        reports = []
+        for key, state in zip(self._keys, self.scheduler.keys, strict=True):
+            state.prune(now)
+            cooling = state.cooldown_until - now
+            reports.append(
+                KeyReport(
+                    id=state.id,
+                    mask=mask_key(key),
+                    upstream=self.upstream,
+                    state="disabled" if state.disabled else "cooling" if cooling > 0 else "active",
+                    cooling_for=round(cooling, 3) if cooling > 0 else None,
+                    in_flight=state.in_flight,
+                    requests_last_minute=len(state.requests),
+                    tokens_last_minute=int(state.token_sum),
+                    rpm=state.limits.rpm,
+                    tpm=state.limits.tpm,
+                    max_concurrency=state.limits.max_concurrency,
+                    last_error=state.last_error,
+                )
+            )
+        return reports
+
+    def usable(self) -> bool:
+        return self.scheduler.usable(self._clock())
