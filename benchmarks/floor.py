@@ -1,7 +1,7 @@
 """The floor: a bare raw-ASGI passthrough on megagate's default transport, no feature at all.
 
 It measures what hypercorn and the transport cost by themselves; megagate's own work is judged against it.
-Run: MOCK_PORT=P hypercorn -w 1 benchmarks.floor:app
+Run: MOCK_PORT=P hypercorn -w 1 benchmarks.floor:app  (BENCH_TRANSPORT=httpcore for the httpcore transport)
 """
 
 from __future__ import annotations
@@ -12,9 +12,12 @@ from typing import Any
 from megagate.asgi import read_body
 from megagate.upstream import Origin, Timeouts
 from megagate.upstream.fast_transport import FastTransport
+from megagate.upstream.httpcore_transport import HttpcoreTransport
 
 ORIGIN = Origin("http", "127.0.0.1", int(os.environ.get("MOCK_PORT", "9200")))
-transport = FastTransport(timeouts=Timeouts())
+transport = (HttpcoreTransport if os.environ.get("BENCH_TRANSPORT") == "httpcore" else FastTransport)(
+    timeouts=Timeouts()
+)
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:

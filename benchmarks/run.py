@@ -102,13 +102,20 @@ def hypercorn(app: str, port: int, worker_class: str) -> list[str]:
             "-b", f"127.0.0.1:{port}", "--access-logfile", "", app]  # fmt: skip
 
 
-def run(worker_class: str, steps: list[tuple[str, str, int, float, str]]) -> dict[str, Any]:
-    mock_port, floor_port, gate_port = free_port(), free_port(), free_port()
+def bench_config(mock_port: int, transport: str) -> Path:
     config = Path(tempfile.mkdtemp()) / "bench.toml"
     config.write_text(
-        f'[[upstreams]]\nname = "mock"\nbase_url = "http://127.0.0.1:{mock_port}"\nkeys = ["sk-bench-key-0001"]\n'
+        f'transport = "{transport}"\n[[upstreams]]\nname = "mock"\nbase_url = "http://127.0.0.1:{mock_port}"\n'
+        'keys = ["sk-bench-key-0001"]\n'
     )
-    env = {**os.environ, "MOCK_PORT": str(mock_port), "MEGAGATE_CONFIG": str(config), "PYTHONPATH": str(ROOT)}
+    return config
+
+
+def run(worker_class: str, steps: list[tuple[str, str, int, float, str]], transport: str = "fast") -> dict[str, Any]:
+    mock_port, floor_port, gate_port = free_port(), free_port(), free_port()
+    config = bench_config(mock_port, transport)
+    env = {**os.environ, "MOCK_PORT": str(mock_port), "MEGAGATE_CONFIG": str(config), "PYTHONPATH": str(ROOT),
+           "BENCH_TRANSPORT": transport}  # fmt: skip
     processes = [start(pinned(1, [sys.executable, "-m", "benchmarks.mock_upstream", str(mock_port)]), mock_port, env)]
     servers = {
         "floor": start(pinned(0, hypercorn("benchmarks.floor:app", floor_port, worker_class)), floor_port, env),
@@ -130,7 +137,7 @@ def run(worker_class: str, steps: list[tuple[str, str, int, float, str]]) -> dic
                 if server:
                     figures["cpu_s"] = cpu_seconds(server.pid) - before
                 row[column] = figures
-                print(f"[{worker_class}] {step:<22} {column:<9} {figures['req_per_s']:8.0f} req/s "
+                print(f"[{worker_class}/{transport}] {step:<22} {column:<9} {figures['req_per_s']:8.0f} req/s "
                       f"{figures['chunks_per_s']:9.0f} chunks/s  errors {figures['errors']} "
                       f"incomplete {figures['incomplete']}", file=sys.stderr, flush=True)  # fmt: skip
             results["steps"][step] = row
@@ -193,6 +200,8 @@ def table(results: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker-class", "-k", action="append", choices=["asyncio", "uvloop", "trio"])
+    parser.add_argument("--transport", "-t", action="append", choices=["fast", "httpcore"],
+                        help="upstream transport for floor and megagate (default: fast)")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="1 s per step (smoke run)")
     args = parser.parse_args()
     steps = [(s[0], s[1], s[2], 1.0 if args.quick else s[3], s[4]) for s in STEPS]
@@ -202,7 +211,9 @@ def main() -> None:
         "runs": {},
     }
     for worker_class in args.worker_class or ["asyncio"]:
-        everything["runs"][worker_class] = run(worker_class, steps)
+        for transport in args.transport or ["fast"]:
+            label = worker_class if transport == "fast" else f"{worker_class}, transport = {transport}"
+            everything["runs"][label] = run(worker_class, steps, transport)
     (HERE / "results.json").write_text(json.dumps(everything, indent=1))
     print(f"\n{everything['machine']}, {everything['date']}")
     for worker_class, results in everything["runs"].items():

@@ -20,20 +20,19 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
-import anyio.abc
 import httptools
 
 from megagate.core.errors import UpstreamConnectError, UpstreamError, UpstreamProtocolError, UpstreamTimeout
 from megagate.upstream import Headers, Origin, OriginSlots, Timeouts, read_limited
+from megagate.upstream.streams import ByteStream, open_stream
 
-READ_SIZE = 65536
 IDLE_EXPIRY = 30.0
 
 
 class _Connection:
     """One HTTP/1.1 connection and the parser state of its current response."""
 
-    def __init__(self, stream: anyio.abc.ByteStream, timeouts: Timeouts) -> None:
+    def __init__(self, stream: ByteStream, timeouts: Timeouts) -> None:
         self.stream = stream
         self.timeouts = timeouts
         self.idle_since = 0.0
@@ -69,16 +68,11 @@ class _Connection:
 
     async def send_request(self, request: bytes) -> None:
         self._start_response()
-        with anyio.fail_after(self.timeouts.write):
-            await self.stream.send(request)
+        await self.stream.send(request, self.timeouts.write)
 
     async def receive(self, timeout: float) -> None:
         """Read once and feed the parser; at EOF, finish a close-delimited body or fail a framed one."""
-        with anyio.fail_after(timeout):
-            try:
-                data = await self.stream.receive(READ_SIZE)
-            except anyio.EndOfStream:
-                data = b""
+        data = await self.stream.receive(timeout)
         if not data:
             self.eof = True
             if self.headers_done and not self.framed:
@@ -157,13 +151,8 @@ class FastTransport:
     async def _connect(self, origin: Origin) -> _Connection:
         try:
             with anyio.fail_after(self.timeouts.connect):
-                if origin.scheme == "https":
-                    context = self.ssl_context or ssl.create_default_context()
-                    stream: anyio.abc.ByteStream = await anyio.connect_tcp(
-                        origin.host, origin.port, ssl_context=context, tls_standard_compatible=False
-                    )
-                else:
-                    stream = await anyio.connect_tcp(origin.host, origin.port)
+                context = (self.ssl_context or ssl.create_default_context()) if origin.scheme == "https" else None
+                stream = await open_stream(origin.host, origin.port, context)
         except TimeoutError:
             raise UpstreamConnectError(f"timed out connecting to upstream {origin.host}:{origin.port}") from None
         except (OSError, ssl.SSLError) as exc:

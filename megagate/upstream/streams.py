@@ -1,0 +1,159 @@
+"""The byte streams under the fast transport's connections: `receive(timeout)`, `send(data, timeout)`, `aclose()`.
+
+On trio (and any other anyio backend) they are anyio's own socket streams, each wait bounded by a cancel scope.
+On asyncio (and uvloop) they are a plain `asyncio.Protocol`: profiling 256 streams × 10 ms per chunk (issue 4)
+put about a third of the worker's samples in anyio's asyncio stream, which pauses and resumes reading around every
+receive (two epoll_ctl calls and selector bookkeeping per chunk), and in the cancel scope built for every receive.
+Here reading stays on (paused only past a high-water mark, for back-pressure) and a wait is timed by one loop
+timer. Failures surface as anyio's exception types so the transport maps them the same way on every loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import Protocol
+
+import anyio
+import anyio.abc
+import sniffio
+
+HIGH_WATER = 1024 * 1024  # stop reading from the socket while this much is buffered and unread
+
+
+class ByteStream(Protocol):
+    async def receive(self, timeout: float) -> bytes:
+        """The next bytes, b"" at end of stream; TimeoutError after `timeout` seconds without any."""
+        ...
+
+    async def send(self, data: bytes, timeout: float) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+async def open_stream(host: str, port: int, ssl_context: ssl.SSLContext | None) -> ByteStream:
+    """A connected stream to host:port (TLS with `ssl_context`), the fastest kind for the running event loop."""
+    if sniffio.current_async_library() == "asyncio":
+        loop = asyncio.get_running_loop()
+        _, protocol = await loop.create_connection(
+            lambda: _StreamProtocol(loop), host, port, ssl=ssl_context, server_hostname=host if ssl_context else None
+        )
+        return protocol
+    if ssl_context is not None:
+        return AnyioStream(await anyio.connect_tcp(host, port, ssl_context=ssl_context, tls_standard_compatible=False))
+    return AnyioStream(await anyio.connect_tcp(host, port))
+
+
+class AnyioStream:
+    def __init__(self, stream: anyio.abc.ByteStream) -> None:
+        self.stream = stream
+
+    async def receive(self, timeout: float) -> bytes:
+        with anyio.fail_after(timeout):
+            try:
+                return await self.stream.receive(65536)
+            except anyio.EndOfStream:
+                return b""
+
+    async def send(self, data: bytes, timeout: float) -> None:
+        with anyio.fail_after(timeout):
+            await self.stream.send(data)
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
+class _StreamProtocol(asyncio.Protocol):
+    """Buffers what arrives and wakes the one reader; `send` waits only while the transport asks to pause writing."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.chunks: list[bytes] = []
+        self.buffered = 0
+        self.reading_paused = False
+        self.eof = False
+        self.error: BaseException | None = None
+        self.reader: asyncio.Future[None] | None = None
+        self.writer: asyncio.Future[None] | None = None
+        self.writing_paused = False
+
+    # asyncio.Protocol callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.chunks.append(data)
+        self.buffered += len(data)
+        if self.buffered > HIGH_WATER and not self.reading_paused and self.transport is not None:
+            self.transport.pause_reading()
+            self.reading_paused = True
+        self._wake_reader()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._wake_reader()
+        return False  # let the transport close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.eof = True
+        self.error = exc
+        self._wake_reader()
+        if self.writer is not None and not self.writer.done():
+            self.writer.set_result(None)
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        if self.writer is not None and not self.writer.done():
+            self.writer.set_result(None)
+
+    def _wake_reader(self) -> None:
+        if self.reader is not None and not self.reader.done():
+            self.reader.set_result(None)
+
+    # ByteStream
+    async def receive(self, timeout: float) -> bytes:
+        if not self.chunks and not self.eof:
+            self.reader = self.loop.create_future()
+            timer = self.loop.call_later(timeout, _expire, self.reader)
+            try:
+                await self.reader
+            finally:
+                timer.cancel()
+                self.reader = None
+        if self.chunks:
+            chunks, self.chunks, self.buffered = self.chunks, [], 0
+            if self.reading_paused and self.transport is not None:
+                self.reading_paused = False
+                self.transport.resume_reading()
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if self.error is not None:
+            raise anyio.BrokenResourceError from self.error
+        return b""
+
+    async def send(self, data: bytes, timeout: float) -> None:
+        if self.transport is None or self.transport.is_closing():
+            raise anyio.BrokenResourceError from self.error
+        self.transport.write(data)
+        if self.writing_paused:
+            self.writer = self.loop.create_future()
+            timer = self.loop.call_later(timeout, _expire, self.writer)
+            try:
+                await self.writer
+            finally:
+                timer.cancel()
+                self.writer = None
+            if self.error is not None or self.transport.is_closing():
+                raise anyio.BrokenResourceError from self.error
+
+    async def aclose(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
