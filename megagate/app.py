@@ -2,8 +2,9 @@
 
 Request path (outermost first)::
 
-    ErrorsMiddleware -> DefaultsMiddleware -> RotationMiddleware -> Router --/v1/chat/completions--> UpstreamProxy
-                                                                         \\--/v1/models, /healthz, /admin/keys
+    ErrorsMiddleware -> DefaultsMiddleware -> FallbackMiddleware -> [HedgingMiddleware] -> RotationMiddleware
+        -> Router --/v1/chat/completions--> UpstreamProxy
+                  \\--/v1/models, /healthz, /admin/keys
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from megagate.config import Config, load_config
 from megagate.core.errors import ConfigError, InvalidRequest, NotFound
 from megagate.middleware.defaults import DefaultsMiddleware
 from megagate.middleware.errors import ErrorsMiddleware
+from megagate.middleware.fallback import FallbackMiddleware
+from megagate.middleware.hedging import HedgingMiddleware
 from megagate.middleware.rotation import RotationMiddleware
 from megagate.models import ModelsEndpoint
 from megagate.pool import KeyPool, LocalKeyPool
@@ -107,6 +110,12 @@ class Gateway:
                     "aliases": config.aliases,
                     "max_body_bytes": config.max_body_bytes,
                 },
+            ),
+            (FallbackMiddleware, {"chains": config.fallbacks, "deadline": config.timeouts.total}),
+            *(
+                [(HedgingMiddleware, {"delay": config.hedging.delay, "models": config.hedging.models})]
+                if config.hedging
+                else []
             ),
             (
                 RotationMiddleware,

@@ -38,6 +38,7 @@ class Timeouts(_Config, frozen=True):
     write: PositiveFloat = 30.0
     pool: PositiveFloat = 10.0
     first_byte: PositiveFloat = 120.0
+    total: PositiveFloat = 600.0  # one request's deadline, across every key and fallback model it tries
 
 
 class KeyConfig(_Config, frozen=True):
@@ -84,6 +85,16 @@ class Rotation(_Config, frozen=True):
     default_max_tokens: Annotated[int, msgspec.Meta(ge=0)] = 1024  # completion estimate when max_tokens is unset
 
 
+class Hedging(_Config, frozen=True):
+    """Race a second attempt when the first has sent no first byte after `delay` seconds (off unless configured)."""
+
+    delay: PositiveFloat
+    models: list[str] = msgspec.field(default_factory=lambda: ["*"])  # globs of the models to hedge
+
+    def applies_to(self, model: str) -> bool:
+        return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
+
+
 class Config(_Config, frozen=True):
     default_model: str = DEFAULT_MODEL
     defaults: dict[str, Any] = {}
@@ -95,6 +106,8 @@ class Config(_Config, frozen=True):
     # "fast": anyio streams + httptools (default, measured fastest); "httpcore": httpcore connections.
     transport: Literal["fast", "httpcore"] = "fast"
     rotation: Rotation = Rotation()
+    fallbacks: dict[str, list[str]] = {}  # model -> the models to try, in order, when it fails
+    hedging: Hedging | None = None
     admin_token: str | None = None  # guards /admin/*; without one the admin routes do not exist
 
     def __post_init__(self) -> None:

@@ -94,6 +94,7 @@ class Fault(msgspec.Struct, kw_only=True, omit_defaults=True):
     length: int | None = None  # words in the answer
     drop_after: int | None = None  # streams: drop the connection after this many content events
     error_after: int | None = None  # streams: send an error event after this many content events
+    stall_after: int | None = None  # streams: go silent (connection open) after this many content events
 
 
 class Rule(msgspec.Struct, kw_only=True):
@@ -245,6 +246,8 @@ class FakeUpstream:
                 error = {"error": {"message": "fake upstream: scripted stream error", "type": "api_error"}}
                 await send({"type": "http.response.body", "body": b"data: " + _encoder.encode(error) + b"\n\n"})
                 return
+            if fault.stall_after is not None and sent == fault.stall_after:
+                await anyio.sleep_forever()
             if fault.chunk_delay:
                 await anyio.sleep(fault.chunk_delay)
             await send({"type": "http.response.body", "body": chunk(delta), "more_body": True})

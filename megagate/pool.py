@@ -41,7 +41,8 @@ class KeyReport(msgspec.Struct, kw_only=True):
     mask: str
     upstream: str
     state: Literal["active", "cooling", "disabled"]
-    cooling_for: float | None  # seconds left of a cooldown
+    cooling_for: float | None  # seconds left of a cooldown of the whole key
+    cooling_models: dict[str, float]  # seconds left of cooldowns for single models (429s for that model)
     in_flight: int
     requests_last_minute: int
     tokens_last_minute: int
@@ -52,9 +53,11 @@ class KeyReport(msgspec.Struct, kw_only=True):
 
 
 class KeyPool(Protocol):
-    async def acquire(self, tokens: int, *, exclude: frozenset[str] = frozenset(), max_wait: float = 0.0) -> KeyLease:
-        """Lease a key with headroom for `tokens`, not one of `exclude` (ids). Waits up to `max_wait` seconds for
-        one to free up, then raises NoKeyAvailable with a Retry-After."""
+    async def acquire(
+        self, tokens: int, *, model: str | None = None, exclude: frozenset[str] = frozenset(), max_wait: float = 0.0
+    ) -> KeyLease:
+        """Lease a key with headroom for `tokens` and not cooling for `model`, not one of `exclude` (ids). Waits up
+        to `max_wait` seconds for one to free up, then raises NoKeyAvailable with a Retry-After."""
         ...
 
     async def release(
@@ -107,14 +110,16 @@ class LocalKeyPool:
         self._clock = clock
         self._waiters: set[anyio.Event] = set()
 
-    async def acquire(self, tokens: int, *, exclude: frozenset[str] = frozenset(), max_wait: float = 0.0) -> KeyLease:
+    async def acquire(
+        self, tokens: int, *, model: str | None = None, exclude: frozenset[str] = frozenset(), max_wait: float = 0.0
+    ) -> KeyLease:
         excluded = frozenset(self._index[i] for i in exclude if i in self._index)
         if len(excluded) == len(self._keys):
             raise NoKeyAvailable(f"Every key of upstream '{self.upstream}' was already tried for this request.")
         deadline = self._clock() + max_wait
         while True:
             now = self._clock()
-            answer = self.scheduler.acquire(tokens, now, excluded)
+            answer = self.scheduler.acquire(tokens, now, excluded, model)
             if isinstance(answer, Lease):
                 return KeyLease(self._keys[answer.index], answer.key_id, mask_key(self._keys[answer.index]), answer)
             remaining = deadline - now
@@ -163,6 +168,7 @@ class LocalKeyPool:
                     upstream=self.upstream,
                     state="disabled" if state.disabled else "cooling" if cooling > 0 else "active",
                     cooling_for=round(cooling, 3) if cooling > 0 else None,
+                    cooling_models={m: round(t - now, 3) for m, t in state.model_cooldowns.items() if t > now},
                     in_flight=state.in_flight,
                     requests_last_minute=len(state.requests),
                     tokens_last_minute=int(state.token_sum),

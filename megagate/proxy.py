@@ -8,6 +8,7 @@ or fall back. Once the first event is relayed it owns the failure: the stream en
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +24,7 @@ from megagate.core.errors import (
     UpstreamError,
     UpstreamProtocolError,
     UpstreamStatus,
+    UpstreamTimeout,
     render_error,
 )
 from megagate.core.schemas import read_usage
@@ -120,7 +122,15 @@ class UpstreamProxy:
             # Watch for the client leaving so the upstream request is cancelled at once, not at the next send.
             group.start_soon(_cancel_on_disconnect, receive, group.cancel_scope)
             try:
-                await self._exchange(state, origin, base_path + self.path, headers, body, secrets, send)
+                # The first-byte timeout runs until the first event is relayed (the transport's own bounds only
+                # the headers): a stream whose headers come at once but whose first event never does is a timeout.
+                first_byte = self.config.timeouts.first_byte
+                with anyio.CancelScope(deadline=anyio.current_time() + first_byte) as waiting:
+                    await self._exchange(state, waiting, origin, base_path + self.path, headers, body, secrets, send)
+                if waiting.cancelled_caught:
+                    raise UpstreamTimeout(
+                        f"upstream sent no first event within the first-byte timeout ({first_byte:g} s)"
+                    )
             except MegagateError as error:
                 failure = error  # raised below, outside the task group, so it does not arrive as an ExceptionGroup
             group.cancel_scope.cancel()
@@ -130,6 +140,7 @@ class UpstreamProxy:
     async def _exchange(
         self,
         state: RequestState,
+        waiting: anyio.CancelScope,
         origin: Origin,
         target: bytes,
         headers: Headers,
@@ -143,8 +154,9 @@ class UpstreamProxy:
                 raise upstream_error(response.status, await response.read(MAX_ERROR_BODY), retry_after, secrets)
             content_type = _response_header(response.headers, b"content-type") or b""
             if content_type.startswith(b"text/event-stream"):
-                await self._relay_stream(state, response, send)
+                await self._relay_stream(state, waiting, response, send)
             else:
+                waiting.deadline = math.inf
                 payload = await response.read(MAX_PLAIN_BODY)
                 state.usage = read_usage(payload)
                 state.served_model = state.request.model
@@ -164,7 +176,7 @@ class UpstreamProxy:
         headers.extend((k, v) for k, v in upstream if k.lower() in KEPT_RESPONSE_HEADERS)
         return headers
 
-    async def _relay_stream(self, state: RequestState, response: Any, send: Send) -> None:
+    async def _relay_stream(self, state: RequestState, waiting: anyio.CancelScope, response: Any, send: Send) -> None:
         decoder = SSEDecoder()
         started = False
         saw_done = False
@@ -182,6 +194,7 @@ class UpstreamProxy:
                 if not started:
                     _raise_for_error_event(events[0].data)
                     started = True
+                    waiting.deadline = math.inf
                     state.response_started = True
                     state.served_model = state.request.model
                     await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})

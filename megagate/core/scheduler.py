@@ -8,6 +8,11 @@ suffered), and when no key can serve it returns a `Wait` saying when the earlies
 released first). `release` records the outcome: real token usage replaces the estimate; 429 cools the key for
 Retry-After or an exponential backoff (1 s doubling, capped at 60 s); 401/403 disables it until a probe after
 `probe_interval` succeeds; repeated 5xx/timeouts earn a short penalty.
+
+A 429 (or a run of 5xx) for a request that named its model cools the key *for that model only*: the configured
+rpm/tpm/concurrency already keep a key inside its own limits, so a 429 that still happens is the upstream limiting
+that model (which is why MegaLLM's `fallback_on_rate_limit` helps at all), and a 5xx is about the model or the
+upstream, not the key. A lease without a model cools the whole key.
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ class KeyState:
     tokens: deque[list[float]] = field(default_factory=deque)
     token_sum: float = 0.0
     cooldown_until: float = 0.0
+    model_cooldowns: dict[str, float] = field(default_factory=dict)
     backoff: float = 0.0
     failures: int = 0
     disabled: bool = False
@@ -79,11 +85,23 @@ class KeyState:
         while tokens and tokens[0][0] <= horizon:
             self.token_sum -= tokens.popleft()[1]
 
-    def ready_at(self, tokens: int, now: float) -> float | None:
+    def cool(self, model: str | None, until: float) -> None:
+        """Rest this key until `until`: for `model` only when the failure was about a model, else entirely."""
+        if model is None:
+            self.cooldown_until = max(self.cooldown_until, until)
+        else:
+            self.model_cooldowns[model] = max(self.model_cooldowns.get(model, 0.0), until)
+
+    def ready_at(self, tokens: int, now: float, model: str | None = None) -> float | None:
         """When this key could take a request of `tokens` (now if it can), or None if only a release can help."""
         if self.disabled:
             return now if now >= self.probe_at and not self.probing else max(self.probe_at, now + 1.0)
         at = max(now, self.cooldown_until)
+        if model is not None and model in self.model_cooldowns:
+            if self.model_cooldowns[model] <= now:
+                del self.model_cooldowns[model]
+            else:
+                at = max(at, self.model_cooldowns[model])
         limits = self.limits
         if limits.max_concurrency is not None and self.in_flight >= limits.max_concurrency:
             return None
@@ -110,6 +128,7 @@ class Lease:
     tokens: int
     entry: list[float]
     probe: bool = False
+    model: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,8 +159,10 @@ class KeyScheduler:
         self.failure_penalty = failure_penalty
         self._cursor = 0
 
-    def acquire(self, tokens: int, now: float, exclude: frozenset[int] = frozenset()) -> Lease | Wait:
-        """Lease a key for a request estimated at `tokens`, or say how long until one could serve it."""
+    def acquire(
+        self, tokens: int, now: float, exclude: frozenset[int] = frozenset(), model: str | None = None
+    ) -> Lease | Wait:
+        """Lease a key for a request for `model` estimated at `tokens`, or say how long until one could serve it."""
         earliest: float | None = None
         candidates: list[int] = []
         count = len(self.keys)
@@ -151,16 +172,16 @@ class KeyScheduler:
                 continue
             key = self.keys[index]
             key.prune(now)
-            at = key.ready_at(tokens, now)
+            at = key.ready_at(tokens, now, model)
             if at is not None and at <= now:
                 if self.strategy == "round_robin":
                     self._cursor = index + 1
-                    return self._lease(index, tokens, now)
+                    return self._lease(index, tokens, now, model)
                 candidates.append(index)
             elif at is not None and (earliest is None or at < earliest):
                 earliest = at
         if candidates:
-            return self._lease(self._choose(candidates, now), tokens, now)
+            return self._lease(self._choose(candidates, now), tokens, now, model)
         return Wait(None if earliest is None else earliest - now)
 
     def _choose(self, candidates: list[int], now: float) -> int:
@@ -188,7 +209,7 @@ class KeyScheduler:
         keys[best].current_weight -= total
         return best
 
-    def _lease(self, index: int, tokens: int, now: float) -> Lease:
+    def _lease(self, index: int, tokens: int, now: float, model: str | None) -> Lease:
         key = self.keys[index]
         probe = key.disabled
         if probe:
@@ -198,7 +219,7 @@ class KeyScheduler:
         entry = [now, float(tokens)]
         key.tokens.append(entry)
         key.token_sum += tokens
-        return Lease(index, key.id, tokens, entry, probe)
+        return Lease(index, key.id, tokens, entry, probe, model)
 
     def release(
         self,
@@ -227,14 +248,14 @@ class KeyScheduler:
             if retry_after is None:
                 key.backoff = min(BACKOFF_CAP, key.backoff * 2 if key.backoff else BACKOFF_START)
                 retry_after = key.backoff
-            key.cooldown_until = max(key.cooldown_until, now + retry_after)
+            key.cool(lease.model, now + retry_after)
         elif outcome is Outcome.AUTH_FAILED:
             key.disabled = True
             key.probe_at = now + self.probe_interval
         elif outcome in (Outcome.SERVER_ERROR, Outcome.TIMEOUT):
             key.failures += 1
             if key.failures >= self.failure_threshold:
-                key.cooldown_until = max(key.cooldown_until, now + self.failure_penalty)
+                key.cool(lease.model, now + self.failure_penalty)
                 key.failures = 0
         if error is not None and outcome is not Outcome.SUCCESS:
             key.last_error = error

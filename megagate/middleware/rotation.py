@@ -102,7 +102,12 @@ class RotationMiddleware:
         failures: list[UpstreamError] = []
         for _ in range(self.max_attempts):
             try:
-                lease = await pool.acquire(tokens, exclude=frozenset(tried), max_wait=max(0.0, deadline - self.clock()))
+                lease = await pool.acquire(
+                    tokens,
+                    model=state.request.model,
+                    exclude=frozenset(tried),
+                    max_wait=max(0.0, deadline - self.clock()),
+                )
             except NoKeyAvailable:
                 if not failures:
                     raise

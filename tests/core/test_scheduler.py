@@ -166,3 +166,16 @@ def test_repeated_server_errors_earn_a_penalty() -> None:
     for _ in range(3):
         s.release(s.acquire(1, 0.0), Outcome.SERVER_ERROR, 0.0)  # type: ignore[arg-type]
     assert s.acquire(1, 1.0) == Wait(pytest.approx(4.0))
+
+
+def test_a_rate_limit_for_one_model_cools_the_key_for_that_model_only() -> None:
+    scheduler = KeyScheduler(["a"])
+    lease = scheduler.acquire(10, 0.0, model="m1")
+    assert isinstance(lease, Lease)
+    scheduler.release(lease, Outcome.RATE_LIMITED, 0.0, retry_after=5)
+    assert scheduler.acquire(10, 1.0, model="m1") == Wait(4.0)
+    other = scheduler.acquire(10, 1.0, model="m2")
+    assert isinstance(other, Lease)
+    scheduler.release(other, Outcome.SUCCESS, 1.0)
+    again = scheduler.acquire(10, 5.0, model="m1")
+    assert isinstance(again, Lease) and not scheduler.keys[0].model_cooldowns  # expired entries are dropped

@@ -101,8 +101,9 @@ async def test_rate_limit_cools_and_auth_failure_disables_the_key() -> None:
     )
     pool = make_pool()
     await call(upstream, pool)
-    states = [r.state for r in await pool.report()]
-    assert states == ["cooling", "disabled", "active"]
+    reports = await pool.report()
+    assert [r.state for r in reports] == ["active", "disabled", "active"]
+    assert reports[0].cooling_models == {"m": pytest.approx(30, abs=1)}  # cooled for this model only
     upstream.keys_seen.clear()
     await call(upstream, pool)
     await call(upstream, pool)

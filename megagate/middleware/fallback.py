@@ -1,0 +1,122 @@
+"""FallbackMiddleware: when a model fails, try the next one in its chain, all within one request deadline.
+
+It sits outside RotationMiddleware: rotation has already tried the model's keys when an error arrives here. The
+chain is the request's `fallback_models` if it sent one, else the configured `[fallbacks]` chain of its model.
+Rate limits fall back unless the request says `fallback_on_rate_limit: false`; 5xx, timeouts, refused keys and
+connection failures unless `fallback_on_error: false`; any other 4xx is the request's own fault and never does.
+Nothing falls back once the client has seen a byte. Every response says which model served and how many upstream
+attempts it took (`x-megagate-model`, `x-megagate-attempts`), streams too, before their first event.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import anyio
+
+from megagate.asgi import ASGIApp, Message, Receive, Scope, Send, header
+from megagate.core.errors import MegagateError, NoKeyAvailable, NotFound, UpstreamError, UpstreamStatus, UpstreamTimeout
+from megagate.proxy import stream_error_event
+from megagate.state import RequestState, get_state
+
+logger = logging.getLogger("megagate.fallback")
+DEADLINE_HEADER = b"x-megagate-timeout"  # a client may shorten (never lengthen) its request's deadline, in seconds
+
+
+def fallback_reason(error: MegagateError) -> Literal["rate_limit", "error"] | None:
+    """Which `fallback_on_*` switch governs falling back from `error`; None: it never falls back."""
+    if isinstance(error, NoKeyAvailable):
+        return "rate_limit"
+    if isinstance(error, UpstreamStatus):
+        status = error.upstream_status
+        if status == 429:
+            return "rate_limit"
+        return "error" if status >= 500 or status in (401, 403, 408) else None
+    return "error" if isinstance(error, UpstreamError) else None
+
+
+def _chain(model: str, requested: Sequence[str] | None, configured: Mapping[str, Sequence[str]]) -> list[str]:
+    candidates = [model, *(requested if requested is not None else configured.get(model, ()))]
+    return list(dict.fromkeys(candidates))  # each model once, in order
+
+
+class FallbackMiddleware:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        chains: Mapping[str, Sequence[str]] | None = None,
+        deadline: float = 600.0,
+    ) -> None:
+        self.app = app
+        self.chains = dict(chains or {})
+        self.deadline = deadline
+
+    def _deadline(self, scope: Scope) -> float:
+        value = header(scope, DEADLINE_HEADER)
+        try:
+            asked = float(value) if value else self.deadline
+        except ValueError:
+            asked = self.deadline
+        return min(self.deadline, asked) if asked > 0 else self.deadline
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = get_state(scope) if scope["type"] == "http" else None
+        if state is None:
+            await self.app(scope, receive, send)
+            return
+
+        async def send_reporting(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                served = (state.served_model or state.request.model).encode()
+                headers = [*message.get("headers", ()), (b"x-megagate-model", served)]
+                headers.append((b"x-megagate-attempts", str(state.attempts).encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        deadline = self._deadline(scope)
+        with anyio.move_on_after(deadline):
+            await self._try_chain(scope, receive, send_reporting, state)
+            return
+        # The deadline passed. Before the first byte that is a 504; after it, the stream ends visibly.
+        error = UpstreamTimeout(f"no complete answer within the request deadline of {deadline:g} s")
+        if not state.response_started:
+            raise error
+        if state.request.stream:
+            await send({"type": "http.response.body", "body": stream_error_event(error), "more_body": False})
+
+    async def _try_chain(self, scope: Scope, receive: Receive, send: Send, state: RequestState) -> None:
+        request = state.request
+        candidates = _chain(request.model, request.fallback_models, self.chains)
+        last: MegagateError | None = None
+        for index, model in enumerate(candidates):
+            if index:
+                logger.info("falling back from %s to %s", request.model, model)
+                request.set_model(model)
+                state.upstream = None
+            try:
+                await self.app(scope, receive, send)
+                return
+            except NotFound:
+                if index == 0 or state.response_started:
+                    raise
+                continue  # a fallback model no upstream serves: skip it
+            except (UpstreamError, NoKeyAvailable) as error:
+                reason = fallback_reason(error)
+                allowed = (reason == "rate_limit" and request.fallback_on_rate_limit) or (
+                    reason == "error" and request.fallback_on_error
+                )
+                last = error
+                if state.response_started or not allowed:
+                    raise _told(error, state, len(candidates)) from None
+        assert last is not None  # the chain is never empty, and every way out of the loop but this returns
+        raise _told(last, state, len(candidates))
+
+
+def _told(error: MegagateError, state: RequestState, candidates: int) -> MegagateError:
+    """The error, with what was tried when a chain was in play (model names and key ids: nothing secret)."""
+    if candidates > 1 and state.tried:
+        error.message = f"{error.message}; tried: {', '.join(state.tried)}"
+    return error
