@@ -85,9 +85,12 @@ class Gateway:
             if u.keys
         }
         proxy = UpstreamProxy(config=config, transport=self.transport)
+        count_tokens = UpstreamProxy(config=config, transport=self.transport, path=b"/v1/messages/count_tokens")
         models = ModelsEndpoint(config=config, transport=self.transport, clock=clock)
         routes = [
             Route("/v1/chat/completions", Only(("POST",), proxy)),
+            Route("/v1/messages", Only(("POST",), proxy)),
+            Route("/v1/messages/count_tokens", Only(("POST",), count_tokens)),
             Route("/v1/models", Only(("GET",), models)),
             Route("/v1/models/{model:path}", Only(("GET",), models)),
             Route("/healthz", Only(("GET", "HEAD"), health)),

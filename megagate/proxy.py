@@ -1,15 +1,16 @@
 """The innermost ASGI app: send the prepared request to its upstream and relay the answer, SSE without buffering.
 
-It reads everything it needs from the request state (model, body, the leased key) and raises `Upstream*` errors
+It reads everything it needs from the request state (model, body, the leased key), translates between the OpenAI
+and Anthropic formats when the upstream speaks only the other one (`relay.Plan`), and raises `Upstream*` errors
 for failures that happen before the client has seen a byte, so the layers around it (rotation, fallback) can retry
-or fall back. Once the first event is relayed it owns the failure: the stream ends with an SSE `error` event and
-`data: [DONE]`, never silently and never with a hang.
+or fall back. Once the first event is relayed it owns the failure: the stream ends with an error event, never
+silently and never with a hang.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio
@@ -17,38 +18,31 @@ import msgspec
 
 from megagate.asgi import Receive, Scope, Send, send_json
 from megagate.config import Config, UpstreamConfig
+from megagate.core.anthropic import ANTHROPIC_VERSION
 from megagate.core.errors import (
+    Format,
     InvalidRequest,
     MegagateError,
     NotFound,
-    UpstreamError,
-    UpstreamProtocolError,
     UpstreamStatus,
     UpstreamTimeout,
-    render_error,
 )
-from megagate.core.schemas import read_usage
-from megagate.core.sse import SSEDecoder
+from megagate.relay import Plan, make_plan, relay_stream, translate_plain, usage_of
 from megagate.state import RequestState, get_state
 from megagate.upstream import Headers, Origin, Transport
 
 MAX_PLAIN_BODY = 64 * 1024 * 1024
 MAX_ERROR_BODY = 64 * 1024
-SSE_HEADERS: Headers = [
-    (b"content-type", b"text/event-stream; charset=utf-8"),
-    (b"cache-control", b"no-cache"),
-    (b"x-accel-buffering", b"no"),  # ask nginx & co. not to buffer the stream
-]
 # Client headers worth passing on; everything else (auth, cookies, hop-by-hop, host) stays here.
-FORWARDED_HEADERS = frozenset({b"accept", b"user-agent", b"x-request-id", b"anthropic-version", b"anthropic-beta"})
+FORWARDED_HEADERS = frozenset({b"accept", b"user-agent", b"x-request-id"})
+ANTHROPIC_HEADERS = frozenset({b"anthropic-version", b"anthropic-beta"})
 KEPT_RESPONSE_HEADERS = frozenset({b"x-request-id", b"openai-processing-ms", b"request-id"})
-DONE = b"data: [DONE]\n\n"
 
 _upstream_error_decoder = msgspec.json.Decoder(dict[str, Any])
 
 
 def upstream_error(status: int, body: bytes, retry_after: bytes | None, secrets: tuple[str, ...]) -> UpstreamStatus:
-    """An UpstreamStatus carrying the upstream's own message, with any pool key scrubbed out of it."""
+    """An UpstreamStatus carrying the upstream's own message (OpenAI's or Anthropic's envelope), pool keys scrubbed."""
     message = f"upstream returned HTTP {status}"
     param = code = None
     try:
@@ -91,31 +85,50 @@ def _response_header(headers: Headers, name: bytes) -> bytes | None:
     return None
 
 
-class UpstreamProxy:
-    """Relay a prepared chat request (see `RequestState`) to its upstream."""
+def upstream_format(upstream: UpstreamConfig, client: Format) -> Format:
+    """The format to speak to `upstream`: the client's own when the upstream speaks both."""
+    return client if upstream.format == "both" else upstream.format
 
-    def __init__(self, *, config: Config, transport: Transport, path: bytes = b"/v1/chat/completions") -> None:
+
+class UpstreamProxy:
+    """Relay a prepared request (see `RequestState`) to its upstream.
+
+    `path` is None for chat (the upstream's chat or messages endpoint, by format); a fixed path (count_tokens) is
+    only sent to an upstream that speaks the client's format, untranslated."""
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        transport: Transport,
+        path: bytes | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self.config = config
         self.transport = transport
         self.path = path
+        self.wall_clock = wall_clock
         self._origins = {u.name: (Origin.from_url(u.origin_url), base_path_of(u.origin_url)) for u in config.upstreams}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = get_state(scope)
         if state is None:
-            raise InvalidRequest("This route expects a JSON chat request (no request state was prepared).")
-        upstream: UpstreamConfig | None = state.upstream or self.config.upstream_for(state.request.model)
+            raise InvalidRequest("This route expects a JSON request (no request state was prepared).")
+        upstream: UpstreamConfig | None = state.upstream or self.config.upstream_for(state.request.model, state.format)
         if upstream is None:
             raise NotFound(
                 f"The model '{state.request.model}' is not served by any configured upstream.", param="model"
             )
+        fmt = upstream_format(upstream, state.format)
+        if self.path is not None and fmt != state.format:
+            raise NotFound(f"The upstream serving '{state.request.model}' does not offer this route.", param="model")
         key = state.api_key
         if key is None and upstream.keys:
             key = upstream.key_configs[0].key
         origin, base_path = self._origins[upstream.name]
-        headers = self._headers(scope, key)
-        body = state.request.encode()
-        headers.append((b"content-length", str(len(body)).encode()))
+        plan = make_plan(state, fmt, int(self.wall_clock()), self.path)
+        headers = self._headers(scope, key, fmt, state.format)
+        headers.append((b"content-length", str(len(plan.body)).encode()))
         secrets = (key,) if key else ()
         failure: MegagateError | None = None
         async with anyio.create_task_group() as group:
@@ -126,7 +139,7 @@ class UpstreamProxy:
                 # the headers): a stream whose headers come at once but whose first event never does is a timeout.
                 first_byte = self.config.timeouts.first_byte
                 with anyio.CancelScope(deadline=anyio.current_time() + first_byte) as waiting:
-                    await self._exchange(state, waiting, origin, base_path + self.path, headers, body, secrets, send)
+                    await self._exchange(state, plan, waiting, origin, base_path + plan.path, headers, secrets, send)
                 if waiting.cancelled_caught:
                     raise UpstreamTimeout(
                         f"upstream sent no first event within the first-byte timeout ({first_byte:g} s)"
@@ -140,33 +153,46 @@ class UpstreamProxy:
     async def _exchange(
         self,
         state: RequestState,
+        plan: Plan,
         waiting: anyio.CancelScope,
         origin: Origin,
         target: bytes,
         headers: Headers,
-        body: bytes,
         secrets: tuple[str, ...],
         send: Send,
     ) -> None:
-        async with self.transport.stream(b"POST", origin, target, headers, body) as response:
+        async with self.transport.stream(b"POST", origin, target, headers, plan.body) as response:
             if response.status >= 400:
                 retry_after = _response_header(response.headers, b"retry-after")
                 raise upstream_error(response.status, await response.read(MAX_ERROR_BODY), retry_after, secrets)
             content_type = _response_header(response.headers, b"content-type") or b""
             if content_type.startswith(b"text/event-stream"):
-                await self._relay_stream(state, waiting, response, send)
-            else:
-                waiting.deadline = math.inf
-                payload = await response.read(MAX_PLAIN_BODY)
-                state.usage = read_usage(payload)
-                state.served_model = state.request.model
-                state.response_started = True
-                await send_json(send, response.status, payload, self._response_headers(response.headers))
 
-    def _headers(self, scope: Scope, key: str | None) -> Headers:
+                def error_for(data: bytes) -> UpstreamStatus:
+                    return upstream_error(502, data, None, secrets)
+
+                await relay_stream(state, plan, waiting, response.aiter_bytes(), send, error_for)
+                return
+            waiting.deadline = float("inf")
+            payload = await response.read(MAX_PLAIN_BODY)
+            state.usage = usage_of(payload, plan.upstream)
+            payload = translate_plain(payload, plan)
+            state.served_model = state.request.model
+            state.response_started = True
+            await send_json(send, response.status, payload, self._response_headers(response.headers))
+
+    @staticmethod
+    def _headers(scope: Scope, key: str | None, upstream: Format, client: Format) -> Headers:
         headers = [(name, value) for name, value in scope["headers"] if name in FORWARDED_HEADERS]
         headers.append((b"content-type", b"application/json"))
-        if key:
+        if upstream == "anthropic":
+            if client == "anthropic":
+                headers += [(name, value) for name, value in scope["headers"] if name in ANTHROPIC_HEADERS]
+            if not any(name == b"anthropic-version" for name, _ in headers):
+                headers.append((b"anthropic-version", ANTHROPIC_VERSION))
+            if key:
+                headers.append((b"x-api-key", key.encode()))
+        elif key:
             headers.append((b"authorization", b"Bearer " + key.encode()))
         return headers
 
@@ -175,54 +201,6 @@ class UpstreamProxy:
         headers = [(b"content-type", b"application/json")]
         headers.extend((k, v) for k, v in upstream if k.lower() in KEPT_RESPONSE_HEADERS)
         return headers
-
-    async def _relay_stream(self, state: RequestState, waiting: anyio.CancelScope, response: Any, send: Send) -> None:
-        decoder = SSEDecoder()
-        started = False
-        saw_done = False
-        chunks = response.aiter_bytes()
-        try:
-            async for chunk in chunks:
-                complete, events = decoder.receive_data(chunk)
-                if not events and not started:
-                    continue  # comments or partial events: hold them until there is a real first event
-                if b'"usage"' in complete:
-                    for event in events:
-                        state.usage = read_usage(event.data) or state.usage
-                if events and events[-1].data == b"[DONE]":
-                    saw_done = True
-                if not started:
-                    _raise_for_error_event(events[0].data)
-                    started = True
-                    waiting.deadline = math.inf
-                    state.response_started = True
-                    state.served_model = state.request.model
-                    await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
-                if complete:
-                    await send({"type": "http.response.body", "body": complete, "more_body": True})
-            rest, _ = decoder.receive_data(b"")
-            if not started:
-                raise UpstreamProtocolError("upstream closed the stream before sending an event")
-            if not saw_done:
-                raise UpstreamProtocolError("upstream ended the stream without [DONE]; the answer may be incomplete")
-        except UpstreamError as failure:
-            if not started:
-                raise
-            # Bytes already reached the client: it cannot be retried, so end it visibly, never as a success.
-            await send({"type": "http.response.body", "body": stream_error_event(failure), "more_body": False})
-            return
-        await send({"type": "http.response.body", "body": rest, "more_body": False})
-
-
-def stream_error_event(error: MegagateError) -> bytes:
-    """A final SSE error event in OpenAI's shape, then `[DONE]`, to end a stream that failed after it started."""
-    return b"data: " + render_error(error) + b"\n\n" + DONE
-
-
-def _raise_for_error_event(data: bytes) -> None:
-    """An upstream that reports an error as the first event (status 200) failed before anything was relayed."""
-    if data.lstrip().startswith(b'{"error"'):
-        raise upstream_error(502, data, None, ())
 
 
 def base_path_of(origin_url: str) -> bytes:

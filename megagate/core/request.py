@@ -44,7 +44,7 @@ class FieldRule:
     nullable: bool = True
 
 
-def _between(low: float, high: float) -> Check:
+def between(low: float, high: float) -> Check:
     def check(value: Any) -> str | None:
         if low <= value <= high:
             return None
@@ -60,24 +60,28 @@ def _at_least(low: int) -> Check:
     return check
 
 
-def _rule(type_: Any, type_name: str, check: Check | None = None, *, nullable: bool = True) -> FieldRule:
+def rule(type_: Any, type_name: str, check: Check | None = None, *, nullable: bool = True) -> FieldRule:
     return FieldRule(msgspec.json.Decoder(type_), type_name, check, nullable)
 
 
 _NUMBER = float  # msgspec accepts JSON integers for float and rejects booleans
+# MegaLLM's fallback fields, in either format: checked here, consumed by megagate, never sent upstream.
+FALLBACK_RULES: Mapping[str, FieldRule] = {
+    "fallback_models": rule(list[str], "an array of strings"),
+    "fallback_on_rate_limit": rule(bool, "a boolean"),
+    "fallback_on_error": rule(bool, "a boolean"),
+}
 OPENAI_RULES: Mapping[str, FieldRule] = {
-    "model": _rule(str, "a string", lambda v: None if v else "must not be empty", nullable=False),
-    "temperature": _rule(_NUMBER, "a number", _between(0, 2)),
-    "top_p": _rule(_NUMBER, "a number", _between(0, 1)),
-    "n": _rule(int, "an integer", _between(1, 10)),
-    "presence_penalty": _rule(_NUMBER, "a number", _between(-2, 2)),
-    "frequency_penalty": _rule(_NUMBER, "a number", _between(-2, 2)),
-    "max_tokens": _rule(int, "an integer", _at_least(1)),
-    "max_completion_tokens": _rule(int, "an integer", _at_least(1)),
-    "stream": _rule(bool, "a boolean"),
-    "fallback_models": _rule(list[str], "an array of strings"),
-    "fallback_on_rate_limit": _rule(bool, "a boolean"),
-    "fallback_on_error": _rule(bool, "a boolean"),
+    "model": rule(str, "a string", lambda v: None if v else "must not be empty", nullable=False),
+    "temperature": rule(_NUMBER, "a number", between(0, 2)),
+    "top_p": rule(_NUMBER, "a number", between(0, 1)),
+    "n": rule(int, "an integer", between(1, 10)),
+    "presence_penalty": rule(_NUMBER, "a number", between(-2, 2)),
+    "frequency_penalty": rule(_NUMBER, "a number", between(-2, 2)),
+    "max_tokens": rule(int, "an integer", _at_least(1)),
+    "max_completion_tokens": rule(int, "an integer", _at_least(1)),
+    "stream": rule(bool, "a boolean"),
+    **FALLBACK_RULES,
 }
 
 _messages_decoder = msgspec.json.Decoder(list[_Role])
@@ -191,8 +195,11 @@ def prepare_chat_request(
     defaults: RequestDefaults,
     rules: Mapping[str, FieldRule] = OPENAI_RULES,
     roles: frozenset[str] = OPENAI_ROLES,
+    required: frozenset[str] = frozenset(),
 ) -> ChatRequest:
-    """Validate `body`, fill defaults and lift out what megagate routes on. Raises InvalidRequest."""
+    """Validate `body`, fill defaults and lift out what megagate routes on. Raises InvalidRequest.
+
+    `required` names fields that must be present once defaults are filled (Anthropic's `max_tokens`)."""
     fields = decode_fields(body)
     prompt_bytes = _check_messages(fields, roles)
     values = {name: _check_field(name, raw, rules[name]) for name, raw in fields.items() if name in rules}
@@ -207,6 +214,9 @@ def prepare_chat_request(
             if name in rules:
                 values[name] = rules[name].decoder.decode(raw)
             dirty = True
+    for name in required:
+        if values.get(name) is None:
+            raise InvalidRequest(f"Missing required parameter: '{name}'.", param=name)
     for name in FALLBACK_FIELDS:
         if fields.pop(name, None) is not None:
             dirty = True

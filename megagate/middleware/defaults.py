@@ -9,15 +9,53 @@ a 400 in the route's envelope and never reaches the app.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from megagate.asgi import ASGIApp, ClientDisconnected, Message, Receive, Scope, Send, header, read_body, send_error
 from megagate.config import DEFAULT_MODEL
+from megagate.core.anthropic import ANTHROPIC_RULES
 from megagate.core.errors import InvalidRequest, MegagateError
-from megagate.core.request import OPENAI_RULES, RequestDefaults, prepare_chat_request
+from megagate.core.request import (
+    ANTHROPIC_ROLES,
+    OPENAI_ROLES,
+    OPENAI_RULES,
+    FieldRule,
+    RequestDefaults,
+    prepare_chat_request,
+)
 from megagate.state import RequestState, route_format, route_path, set_state
 
 CHAT_PATHS = ("/v1/chat/completions",)
+ANTHROPIC_PATHS = ("/v1/messages", "/v1/messages/count_tokens")
+# Anthropic requires max_tokens on a message (a configured default counts), not on a token count.
+REQUIRED = {"/v1/messages": frozenset({"max_tokens"})}
+
+
+@dataclass(frozen=True, slots=True)
+class _Profile:
+    """How requests on one path are checked: the format's rules and roles, its defaults, required fields."""
+
+    rules: Mapping[str, FieldRule]
+    roles: frozenset[str]
+    defaults: RequestDefaults
+    required: frozenset[str] = frozenset()
+
+
+def _anthropic_defaults(default_model: str, defaults: Mapping[str, Any]) -> RequestDefaults:
+    """The configured defaults that mean something, and are valid, in Anthropic's format (its temperature is 0..1:
+    a default of 1.5 applies to OpenAI requests only)."""
+    kept = {}
+    for name, value in defaults.items():
+        if name in ANTHROPIC_RULES:
+            try:
+                RequestDefaults.from_values(default_model, {name: value}, ANTHROPIC_RULES)
+            except InvalidRequest:
+                continue
+            kept[name] = value
+    return RequestDefaults.from_values(default_model, kept, ANTHROPIC_RULES)
+
+
 DEFAULT_MAX_BODY = 10 * 1024 * 1024
 
 
@@ -38,16 +76,24 @@ class DefaultsMiddleware:
         defaults: Mapping[str, Any] | None = None,
         aliases: Mapping[str, str] | None = None,
         paths: tuple[str, ...] = CHAT_PATHS,
+        anthropic_paths: tuple[str, ...] = ANTHROPIC_PATHS,
         max_body_bytes: int = DEFAULT_MAX_BODY,
     ) -> None:
         self.app = app
-        self.defaults = RequestDefaults.from_values(default_model, defaults or {}, OPENAI_RULES)
+        openai = _Profile(
+            OPENAI_RULES, OPENAI_ROLES, RequestDefaults.from_values(default_model, defaults or {}, OPENAI_RULES)
+        )
+        anthropic_defaults = _anthropic_defaults(default_model, defaults or {})
+        self.profiles = {path: openai for path in paths}
+        for path in anthropic_paths:
+            required = REQUIRED.get(path, frozenset())
+            self.profiles[path] = _Profile(ANTHROPIC_RULES, ANTHROPIC_ROLES, anthropic_defaults, required)
         self.aliases = dict(aliases or {})
-        self.paths = frozenset(paths)
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or route_path(scope) not in self.paths:
+        profile = self.profiles.get(route_path(scope)) if scope["type"] == "http" else None
+        if profile is None or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
         fmt = route_format(scope)
@@ -55,7 +101,7 @@ class DefaultsMiddleware:
             if not is_json_content_type(header(scope, b"content-type")):
                 raise InvalidRequest("Content-Type must be application/json.")
             body = await read_body(receive, self.max_body_bytes)
-            request = prepare_chat_request(body, self.defaults)
+            request = prepare_chat_request(body, profile.defaults, profile.rules, profile.roles, profile.required)
         except ClientDisconnected:
             return
         except MegagateError as error:

@@ -18,7 +18,7 @@ import anyio
 
 from megagate.asgi import ASGIApp, Message, Receive, Scope, Send, header
 from megagate.core.errors import MegagateError, NoKeyAvailable, NotFound, UpstreamError, UpstreamStatus, UpstreamTimeout
-from megagate.proxy import stream_error_event
+from megagate.relay import stream_error_event
 from megagate.state import RequestState, get_state
 
 logger = logging.getLogger("megagate.fallback")
@@ -85,7 +85,9 @@ class FallbackMiddleware:
         if not state.response_started:
             raise error
         if state.request.stream:
-            await send({"type": "http.response.body", "body": stream_error_event(error), "more_body": False})
+            await send(
+                {"type": "http.response.body", "body": stream_error_event(error, state.format), "more_body": False}
+            )
 
     async def _try_chain(self, scope: Scope, receive: Receive, send: Send, state: RequestState) -> None:
         request = state.request

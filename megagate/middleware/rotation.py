@@ -62,7 +62,7 @@ class RotationMiddleware:
     """Spread requests over a pool of upstream keys.
 
     `pools` maps upstream names to their KeyPool; the upstream of a request is `state.upstream` if an outer layer
-    chose it, else `upstream_for(model)`. With a single pool and no `upstream_for`, every request uses that pool,
+    chose it, else `upstream_for(model, format)`. With a single pool and no `upstream_for`, every request uses that pool,
     which is how it is embedded on its own in front of some other app that reads `state.api_key`."""
 
     def __init__(
@@ -70,7 +70,7 @@ class RotationMiddleware:
         app: ASGIApp,
         *,
         pools: Mapping[str, KeyPool],
-        upstream_for: Callable[[str], Any] | None = None,
+        upstream_for: Callable[[str, str], Any] | None = None,
         rotation: Rotation | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -85,7 +85,7 @@ class RotationMiddleware:
 
     def _pool(self, state: RequestState) -> KeyPool | None:
         if state.upstream is None and self.upstream_for is not None:
-            state.upstream = self.upstream_for(state.request.model)
+            state.upstream = self.upstream_for(state.request.model, state.format)
         if state.upstream is not None:
             return self.pools.get(state.upstream.name)
         return next(iter(self.pools.values())) if len(self.pools) == 1 else None
