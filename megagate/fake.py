@@ -1,6 +1,6 @@
 """A MegaLLM stand-in for tests, demos and benchmarks: `python -m megagate.fake --port P`.
 
-Speaks the OpenAI chat format (plain and SSE) and `/v1/models`, with a configurable time to first token, tokens per
+Speaks the OpenAI chat format (plain and SSE), Anthropic's `/v1/messages` (see `fake_anthropic`) and `/v1/models`, with a configurable time to first token, tokens per
 second and answer length. Faults are scripted per request, either in an `x-fake-fault` header (a JSON `Fault`) or
 by rules posted to `/_fake/rules` that match on model, key and path (how tests script an upstream behind the
 gateway). Every request is recorded (path, key, headers, body) and served at `GET /_fake/requests`.
@@ -18,6 +18,7 @@ from typing import Any
 import anyio
 import msgspec
 
+from megagate import fake_anthropic
 from megagate.asgi import read_body
 from megagate.core.schemas import (
     ChatCompletion,
@@ -78,6 +79,7 @@ MODELS = (
 )
 
 MAX_BODY = 64 * 1024 * 1024
+ANSWERED = frozenset({"/v1/chat/completions", "/v1/messages", "/v1/messages/count_tokens"})
 _encoder = msgspec.json.Encoder()
 _any = msgspec.json.Decoder(Any)
 
@@ -148,13 +150,13 @@ class FakeUpstream:
         if method == "GET" and path == "/v1/models":
             await _send_json(send, 200, _encoder.encode(ModelList([Model(id=m) for m in MODELS])))
             return
-        if method != "POST" or path != "/v1/chat/completions" or not isinstance(payload, dict):
+        if method != "POST" or path not in ANSWERED or not isinstance(payload, dict):
             await _send_error(send, 404, f"fake upstream: no route {method} {path}")
             return
         fault = self._fault_for(payload, key, path, headers)
         async with anyio.create_task_group() as group:
             group.start_soon(_watch_disconnect, receive, record, group.cancel_scope)
-            await self._answer(payload, fault, send)
+            await self._answer(payload, fault, send, path)
             group.cancel_scope.cancel()
 
     def _fault_for(self, payload: dict[str, Any], key: str | None, path: str, headers: dict[str, str]) -> Fault:
@@ -178,17 +180,31 @@ class FakeUpstream:
             return msgspec.structs.replace(fault, **msgspec.to_builtins(rule.fault))
         return fault
 
-    async def _answer(self, payload: dict[str, Any], fault: Fault, send: Any) -> None:
+    async def _answer(self, payload: dict[str, Any], fault: Fault, send: Any, path: str) -> None:
         if fault.hang:
             await anyio.sleep_forever()
         if fault.ttft:
             await anyio.sleep(fault.ttft)
         if fault.status is not None:
             extra = [(b"retry-after", f"{fault.retry_after:g}".encode())] if fault.retry_after is not None else []
-            await _send_error(send, fault.status, fault.message or f"fake upstream fault: HTTP {fault.status}", extra)
+            text = fault.message or f"fake upstream fault: HTTP {fault.status}"
+            if path.startswith("/v1/messages"):
+                await _send_json(send, fault.status, fake_anthropic.error_body(fault.status, text), extra)
+            else:
+                await _send_error(send, fault.status, text, extra)
             return
         model = str(payload.get("model", ""))
         words = answer_words(fault.length)
+        if path == "/v1/messages/count_tokens":
+            await _send_json(send, 200, fake_anthropic.count_tokens(payload))
+            return
+        if path == "/v1/messages":
+            ident = f"msg_fake_{next(self._ids)}"
+            if payload.get("stream"):
+                await fake_anthropic.stream(ident, payload, words, fault, send)
+            else:
+                await _send_json(send, 200, fake_anthropic.message(ident, payload, words))
+            return
         tool = _first_tool(payload)
         usage = Usage(len(_encoder.encode(payload.get("messages"))) // 4, len(words))
         usage.total_tokens = usage.prompt_tokens + usage.completion_tokens

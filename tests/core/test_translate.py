@@ -3,6 +3,7 @@ the same message as the translated whole response (hypothesis drives both)."""
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import msgspec
@@ -52,7 +53,11 @@ def conversations(draw: Any) -> list[dict[str, Any]]:
 
 @st.composite
 def openai_requests(draw: Any) -> dict[str, Any]:
-    request: dict[str, Any] = {"model": draw(names), "messages": draw(conversations()), "max_tokens": draw(st.integers(1, 9999))}
+    request: dict[str, Any] = {
+        "model": draw(names),
+        "messages": draw(conversations()),
+        "max_tokens": draw(st.integers(1, 9999)),
+    }
     if draw(st.booleans()):
         request["temperature"] = draw(st.floats(0, 1))
     if draw(st.booleans()):
@@ -141,7 +146,7 @@ finish_reasons = st.sampled_from(["stop", "length", "tool_calls"])
 
 def split(value: str, cuts: list[int]) -> list[str]:
     points = sorted({c % (len(value) + 1) for c in cuts} | {0, len(value)})
-    return [value[a:b] for a, b in zip(points, points[1:]) if b > a]
+    return [value[a:b] for a, b in itertools.pairwise(points) if b > a]
 
 
 def events_of(stream: bytes) -> list[tuple[str | None, bytes]]:
@@ -159,7 +164,9 @@ def openai_answers(draw: Any) -> tuple[dict[str, Any], list[bytes]]:
     usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if calls:
-        message["tool_calls"] = [{"id": i, "type": "function", "function": {"name": n, "arguments": a}} for i, n, a in calls]
+        message["tool_calls"] = [
+            {"id": i, "type": "function", "function": {"name": n, "arguments": a}} for i, n, a in calls
+        ]
     completion = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m",
                   "choices": [{"index": 0, "message": message, "finish_reason": finish}], "usage": usage}  # fmt: skip
 
@@ -240,9 +247,13 @@ def anthropic_answers(draw: Any) -> tuple[dict[str, Any], list[bytes]]:
     events = [{"type": "message_start", "message": start}, {"type": "ping"}]
     for index, block in enumerate(content):
         if block["type"] == "text":
-            events.append({"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}})
+            events.append(
+                {"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}}
+            )
             for piece in split(block["text"], draw(st.lists(st.integers(0, 50), max_size=4))):
-                events.append({"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": piece}})
+                events.append(
+                    {"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": piece}}
+                )
         else:
             events.append({"type": "content_block_start", "index": index,
                            "content_block": {**block, "input": {}}})  # fmt: skip

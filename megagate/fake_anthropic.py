@@ -1,0 +1,96 @@
+"""The fake upstream's Anthropic side: `/v1/messages` (plain and SSE, text and tool_use) and `count_tokens`.
+
+Written with plain dicts from Anthropic's published wire format, on purpose independent of megagate's own
+`core.anthropic` and translation code, so tests of the translation compare against an outside reference.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import msgspec
+
+_encoder = msgspec.json.Encoder()
+TOOL_INPUT = {"location": "Paris", "unit": "celsius"}
+
+
+def event(kind: str, payload: dict[str, Any]) -> bytes:
+    return b"event: " + kind.encode() + b"\ndata: " + _encoder.encode({"type": kind, **payload}) + b"\n\n"
+
+
+def error_body(status: int, message: str) -> bytes:
+    kind = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+            404: "not_found_error", 429: "rate_limit_error", 529: "overloaded_error"}.get(status, "api_error")  # fmt: skip
+    return _encoder.encode({"type": "error", "error": {"type": kind, "message": message}})
+
+
+def first_tool(payload: dict[str, Any]) -> str | None:
+    """Call the first tool offered, unless the conversation already ends with a tool result."""
+    tools = payload.get("tools")
+    messages = payload.get("messages") or [{}]
+    content = messages[-1].get("content")
+    answered = isinstance(content, list) and any(b.get("type") == "tool_result" for b in content if isinstance(b, dict))
+    if not tools or answered or (payload.get("tool_choice") or {}).get("type") == "none":
+        return None
+    return str(tools[0].get("name", "tool"))
+
+
+def count_tokens(payload: dict[str, Any]) -> bytes:
+    return _encoder.encode({"input_tokens": len(_encoder.encode(payload.get("messages"))) // 4})
+
+
+def message(ident: str, payload: dict[str, Any], words: list[str]) -> bytes:
+    tool = first_tool(payload)
+    usage = {"input_tokens": len(_encoder.encode(payload.get("messages"))) // 4, "output_tokens": len(words)}
+    if tool is not None:
+        content: list[dict[str, Any]] = [{"type": "tool_use", "id": "toolu_fake_1", "name": tool, "input": TOOL_INPUT}]
+        stop = "tool_use"
+    else:
+        content, stop = [{"type": "text", "text": "".join(words)}], "end_turn"
+    return _encoder.encode({"id": ident, "type": "message", "role": "assistant", "model": payload.get("model"),
+                            "content": content, "stop_reason": stop, "stop_sequence": None, "usage": usage})  # fmt: skip
+
+
+async def stream(ident: str, payload: dict[str, Any], words: list[str], fault: Any, send: Any) -> None:
+    tool = first_tool(payload)
+    input_tokens = len(_encoder.encode(payload.get("messages"))) // 4
+
+    async def emit(body: bytes, more: bool = True) -> None:
+        await send({"type": "http.response.body", "body": body, "more_body": more})
+
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+    start: dict[str, Any] = {"id": ident, "type": "message", "role": "assistant", "model": payload.get("model"), "content": [],
+             "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": input_tokens, "output_tokens": 1}}  # fmt: skip
+    await emit(event("message_start", {"message": start}) + event("ping", {}))
+    if tool is not None:
+        block = {"type": "tool_use", "id": "toolu_fake_1", "name": tool, "input": {}}
+        arguments = _encoder.encode(TOOL_INPUT).decode()
+        step = max(1, len(arguments) // 3)
+        deltas = [
+            {"type": "input_json_delta", "partial_json": arguments[i : i + step]}
+            for i in range(0, len(arguments), step)
+        ]
+        stop = "tool_use"
+    else:
+        block = {"type": "text", "text": ""}
+        deltas = [{"type": "text_delta", "text": word} for word in words]
+        stop = "end_turn"
+    await emit(event("content_block_start", {"index": 0, "content_block": block}))
+    for sent, delta in enumerate(deltas):
+        if fault.drop_after is not None and sent == fault.drop_after:
+            raise ConnectionAbortedError("fake upstream: dropping the connection as scripted")
+        if fault.error_after is not None and sent == fault.error_after:
+            await emit(
+                event("error", {"error": {"type": "overloaded_error", "message": "fake upstream: scripted"}}), False
+            )
+            return
+        if fault.stall_after is not None and sent == fault.stall_after:
+            await anyio.sleep_forever()
+        if fault.chunk_delay:
+            await anyio.sleep(fault.chunk_delay)
+        await emit(event("content_block_delta", {"index": 0, "delta": delta}))
+    usage = {"output_tokens": len(words)}
+    tail = event("content_block_stop", {"index": 0})
+    tail += event("message_delta", {"delta": {"stop_reason": stop, "stop_sequence": None}, "usage": usage})
+    await emit(tail + event("message_stop", {}), False)
