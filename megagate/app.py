@@ -20,10 +20,14 @@ from megagate.admin import AdminGuard, KeysEndpoint
 from megagate.asgi import ASGIApp, Receive, Scope, Send, send_error, send_json
 from megagate.config import Config, load_config
 from megagate.core.errors import ConfigError, InvalidRequest, NotFound
+from megagate.metrics import Metrics, MetricsEndpoint
+from megagate.middleware.access_log import AccessLogMiddleware
+from megagate.middleware.auth import AuthMiddleware, ClientLimitsMiddleware
 from megagate.middleware.defaults import DefaultsMiddleware
 from megagate.middleware.errors import ErrorsMiddleware
 from megagate.middleware.fallback import FallbackMiddleware
 from megagate.middleware.hedging import HedgingMiddleware
+from megagate.middleware.metrics import MetricsMiddleware
 from megagate.middleware.rotation import RotationMiddleware
 from megagate.models import ModelsEndpoint
 from megagate.pool import KeyPool, LocalKeyPool
@@ -68,6 +72,30 @@ async def health(scope: Scope, receive: Receive, send: Send) -> None:
     await send_json(send, 200, b'{"status":"ok"}')
 
 
+class Readiness:
+    """`/readyz`: 503 while no upstream key can be used (all disabled or cooling), so a balancer routes elsewhere."""
+
+    def __init__(self, pools: dict[str, KeyPool]) -> None:
+        self.pools = pools
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.pools or any(pool.usable() for pool in self.pools.values()):
+            await send_json(send, 200, b'{"status":"ready"}')
+        else:
+            await send_json(send, 503, b'{"status":"no usable upstream key"}')
+
+
+def _log_to_stderr(name: str) -> None:
+    """Give a megagate logger a plain stderr handler unless the host application configured one."""
+    log = logging.getLogger(name)
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
 async def not_found(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] == "http":
         await send_error(send, NotFound(f"Unknown route {scope['path']}."), route_format(scope))
@@ -84,6 +112,9 @@ class Gateway:
             for u in config.upstreams
             if u.keys
         }
+        self.metrics = Metrics(model_cap=config.metrics_model_cap)
+        if config.access_log:
+            _log_to_stderr("megagate.access")
         proxy = UpstreamProxy(config=config, transport=self.transport)
         count_tokens = UpstreamProxy(config=config, transport=self.transport, path=b"/v1/messages/count_tokens")
         models = ModelsEndpoint(config=config, transport=self.transport, clock=clock)
@@ -94,17 +125,23 @@ class Gateway:
             Route("/v1/models", Only(("GET",), models)),
             Route("/v1/models/{model:path}", Only(("GET",), models)),
             Route("/healthz", Only(("GET", "HEAD"), health)),
+            Route("/readyz", Only(("GET", "HEAD"), Readiness(self.pools))),
         ]
+        metrics_endpoint: ASGIApp = MetricsEndpoint(self.metrics, self.pools)
         if config.admin_token:
-            routes.append(
-                Route("/admin/keys", Only(("GET",), AdminGuard(KeysEndpoint(self.pools), config.admin_token)))
-            )
+            metrics_endpoint = AdminGuard(metrics_endpoint, config.admin_token)
+            keys = AdminGuard(KeysEndpoint(self.pools), config.admin_token)
+            routes.append(Route("/admin/keys", Only(("GET",), keys)))
+        routes.append(Route("/metrics", Only(("GET",), metrics_endpoint)))
         router = Router(
             routes=routes,
             default=Only(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"), not_found),
         )
         stack: list[tuple[Any, dict[str, Any]]] = [
-            (ErrorsMiddleware, {}),
+            (MetricsMiddleware, {"metrics": self.metrics, "clock": clock}),
+            (AccessLogMiddleware, {"clock": clock}),
+            (ErrorsMiddleware, {"debug": config.debug}),
+            (AuthMiddleware, {"clients": config.clients}),
             (
                 DefaultsMiddleware,
                 {
@@ -112,8 +149,10 @@ class Gateway:
                     "defaults": config.defaults,
                     "aliases": config.aliases,
                     "max_body_bytes": config.max_body_bytes,
+                    "body_timeout": config.body_timeout,
                 },
             ),
+            (ClientLimitsMiddleware, {"clock": clock, "default_max_tokens": config.rotation.default_max_tokens}),
             (FallbackMiddleware, {"chains": config.fallbacks, "deadline": config.timeouts.total}),
             *(
                 [(HedgingMiddleware, {"delay": config.hedging.delay, "models": config.hedging.models})]

@@ -29,7 +29,7 @@ def serve(args: argparse.Namespace) -> int:
     from megagate.config import load_config
 
     try:
-        load_config()  # fail here, with one line, rather than inside a worker
+        gateway_config = load_config()  # fail here, with one line, rather than inside a worker
     except ConfigError as exc:
         print(f"megagate: bad configuration: {exc}", file=sys.stderr)
         return 2
@@ -38,6 +38,12 @@ def serve(args: argparse.Namespace) -> int:
     config.application_path = "megagate.app:app"
     if args.bind:
         config.bind = [args.bind]
+    if not gateway_config.clients:
+        print(
+            f"megagate: warning: no client keys configured, so anyone who can reach {', '.join(config.bind)} can "
+            "spend the upstream keys (set MEGAGATE_CLIENT_KEYS or [[clients]])",
+            file=sys.stderr,
+        )
     if args.workers:
         config.workers = args.workers
     if args.worker_class:

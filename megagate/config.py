@@ -8,6 +8,7 @@ from the environment. A bad config raises `ConfigError` with one line naming the
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import os
 import re
 import tomllib
@@ -17,6 +18,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from megagate.core.errors import ConfigError
+from megagate.core.secrets import key_id
 
 MEGALLM_BASE_URL = "https://ai.megallm.io"
 DEFAULT_MODEL = "openai-gpt-oss-120b"
@@ -95,6 +97,26 @@ class Hedging(_Config, frozen=True):
         return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
 
 
+class ClientConfig(_Config, frozen=True):
+    """One client of megagate. Its key is kept only as a SHA-256 digest (`megagate hash-key` prints one); `key`
+    (usually `env:NAME`) is hashed at load and dropped."""
+
+    name: str
+    key_sha256: str | None = None
+    key: str | None = None
+    models: list[str] | None = None  # globs of the models it may use; None: any
+    rpm: PositiveInt | None = None
+    tpm: PositiveInt | None = None
+    revoked: bool = False
+
+    @property
+    def digest(self) -> str:
+        return self.key_sha256.lower() if self.key_sha256 else hashlib.sha256((self.key or "").encode()).hexdigest()
+
+    def allows(self, model: str) -> bool:
+        return self.models is None or any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
+
+
 class Config(_Config, frozen=True):
     default_model: str = DEFAULT_MODEL
     defaults: dict[str, Any] = {}
@@ -108,6 +130,11 @@ class Config(_Config, frozen=True):
     rotation: Rotation = Rotation()
     fallbacks: dict[str, list[str]] = {}  # model -> the models to try, in order, when it fails
     hedging: Hedging | None = None
+    clients: list[ClientConfig] = []  # none: the gateway is open (the seed design's keyless mode)
+    debug: bool = False  # lets a request's `X-Debug: true` add diagnostic detail to its error responses
+    access_log: bool = True  # one JSON line per request on stderr (logger "megagate.access")
+    body_timeout: PositiveFloat = 30.0  # seconds to receive a request body (a slow drip gets 408)
+    metrics_model_cap: PositiveInt = 100  # distinct model label values before the rest count as "other"
     admin_token: str | None = None  # guards /admin/*; without one the admin routes do not exist
 
     def __post_init__(self) -> None:
@@ -116,6 +143,13 @@ class Config(_Config, frozen=True):
         names = [u.name for u in self.upstreams]
         if len(set(names)) != len(names):
             raise ConfigError("upstreams: upstream names must be unique")
+        for index, client in enumerate(self.clients):
+            if (client.key_sha256 is None) == (client.key is None):
+                raise ConfigError(f"clients[{index}]: give exactly one of key_sha256 or key")
+            if client.key_sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", client.key_sha256):
+                raise ConfigError(f"clients[{index}].key_sha256: must be 64 hex digits (megagate hash-key prints it)")
+        if len({c.digest for c in self.clients}) != len(self.clients):
+            raise ConfigError("clients: two clients share a key")
         for index, upstream in enumerate(self.upstreams):
             if not re.match(r"^https?://[^/\s]+", upstream.base_url):
                 raise ConfigError(f"upstreams[{index}].base_url: must be an http:// or https:// URL")
@@ -190,4 +224,12 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
     }
     if env.get("MEGAGATE_ADMIN_TOKEN"):
         simple["admin_token"] = env["MEGAGATE_ADMIN_TOKEN"]
+    if clients := _split_keys(env.get("MEGAGATE_CLIENT_KEYS", "")):
+        # "name:key" entries, or bare keys named by their public id
+        simple["clients"] = [
+            {"name": entry.split(":", 1)[0], "key": entry.split(":", 1)[1]}
+            if ":" in entry
+            else {"name": key_id(entry), "key": entry}
+            for entry in clients
+        ]
     return config_from_mapping(simple, env)

@@ -36,7 +36,8 @@ MAX_ERROR_BODY = 64 * 1024
 # Client headers worth passing on; everything else (auth, cookies, hop-by-hop, host) stays here.
 FORWARDED_HEADERS = frozenset({b"accept", b"user-agent", b"x-request-id"})
 ANTHROPIC_HEADERS = frozenset({b"anthropic-version", b"anthropic-beta"})
-KEPT_RESPONSE_HEADERS = frozenset({b"x-request-id", b"openai-processing-ms", b"request-id"})
+# x-request-id is megagate's own (see AccessLogMiddleware); the upstream's ids stay useful for its support.
+KEPT_RESPONSE_HEADERS = frozenset({b"openai-processing-ms", b"request-id"})
 
 _upstream_error_decoder = msgspec.json.Decoder(dict[str, Any])
 

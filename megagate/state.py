@@ -29,6 +29,8 @@ class RequestState:
     first_byte_at: float | None = None
     client_name: str | None = None
     response_started: bool = False
+    outcomes: list[tuple[str, str, str]] = field(default_factory=list)  # (upstream, key id, outcome) per attempt
+    fallbacks: list[tuple[str, str]] = field(default_factory=list)  # (from model, to model)
 
 
 def get_state(scope: MutableMapping[str, Any]) -> RequestState | None:

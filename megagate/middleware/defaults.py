@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
+
 from megagate.asgi import ASGIApp, ClientDisconnected, Message, Receive, Scope, Send, header, read_body, send_error
 from megagate.config import DEFAULT_MODEL
 from megagate.core.anthropic import ANTHROPIC_RULES
@@ -78,6 +80,7 @@ class DefaultsMiddleware:
         paths: tuple[str, ...] = CHAT_PATHS,
         anthropic_paths: tuple[str, ...] = ANTHROPIC_PATHS,
         max_body_bytes: int = DEFAULT_MAX_BODY,
+        body_timeout: float = 30.0,
     ) -> None:
         self.app = app
         openai = _Profile(
@@ -90,6 +93,7 @@ class DefaultsMiddleware:
             self.profiles[path] = _Profile(ANTHROPIC_RULES, ANTHROPIC_ROLES, anthropic_defaults, required)
         self.aliases = dict(aliases or {})
         self.max_body_bytes = max_body_bytes
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         profile = self.profiles.get(route_path(scope)) if scope["type"] == "http" else None
@@ -100,7 +104,11 @@ class DefaultsMiddleware:
         try:
             if not is_json_content_type(header(scope, b"content-type")):
                 raise InvalidRequest("Content-Type must be application/json.")
-            body = await read_body(receive, self.max_body_bytes)
+            body: bytes | None = None
+            with anyio.move_on_after(self.body_timeout):
+                body = await read_body(receive, self.max_body_bytes)
+            if body is None:  # a slow drip holds a worker slot: it gets a deadline like everything else
+                raise InvalidRequest(f"The request body did not arrive within {self.body_timeout:g} s.", status=408)
             request = prepare_chat_request(body, profile.defaults, profile.rules, profile.roles, profile.required)
         except ClientDisconnected:
             return

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from megagate.asgi import ASGIApp, ClientDisconnected, Message, Receive, Scope, Send, send_error
+from megagate.asgi import ASGIApp, ClientDisconnected, Message, Receive, Scope, Send, header, send_error
 from megagate.core.errors import MegagateError
-from megagate.state import route_format
+from megagate.state import get_state, route_format
 
 logger = logging.getLogger("megagate.errors")
 
@@ -14,10 +14,13 @@ logger = logging.getLogger("megagate.errors")
 class ErrorsMiddleware:
     """Turn a `MegagateError` into its envelope, and anything else into a 500 envelope with the traceback logged.
 
-    Nothing can be rendered once the response has started; then the error is logged and the connection closed."""
+    Nothing can be rendered once the response has started; then the error is logged and the connection closed.
+    With `debug` on, a request sent with `X-Debug: true` gets what megagate tried appended to its error message
+    (error class, attempts, models and key ids: nothing secret)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, debug: bool = False) -> None:
         self.app = app
+        self.debug = debug
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -39,8 +42,22 @@ class ErrorsMiddleware:
             if started:
                 logger.warning("error after the response started: %s", error.message)
                 return
-            await send_error(send, error, route_format(scope))
-        except Exception:
+            await send_error(send, self._with_debug(scope, error), route_format(scope))
+        except Exception as exc:
             logger.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
             if not started:
-                await send_error(send, MegagateError("Internal error in megagate."), route_format(scope))
+                internal = MegagateError("Internal error in megagate.")
+                internal.__cause__ = exc
+                await send_error(send, self._with_debug(scope, internal), route_format(scope))
+
+    def _with_debug(self, scope: Scope, error: MegagateError) -> MegagateError:
+        if not self.debug or (header(scope, b"x-debug") or b"").lower() != b"true":
+            return error
+        cause = error.__cause__
+        detail = [type(cause).__name__ if cause is not None else type(error).__name__]
+        state = get_state(scope)
+        if state is not None:
+            detail.append(f"attempts={state.attempts}")
+            detail += [f"{key_id}@{upstream}:{outcome}" for upstream, key_id, outcome in state.outcomes]
+        error.message = f"{error.message} [debug: {'; '.join(detail)}]"
+        return error

@@ -96,6 +96,7 @@ class FallbackMiddleware:
         for index, model in enumerate(candidates):
             if index:
                 logger.info("falling back from %s to %s", request.model, model)
+                state.fallbacks.append((request.model, model))
                 request.set_model(model)
                 state.upstream = None
             try:

@@ -29,7 +29,7 @@ class _Attempt:
 
 def _fork(scope: Scope, state: RequestState) -> _Attempt:
     request = dataclasses.replace(state.request, fields=dict(state.request.fields))
-    forked_state = dataclasses.replace(state, request=request, attempts=0, tried=[])
+    forked_state = dataclasses.replace(state, request=request, attempts=0, tried=[], outcomes=[])
     forked_scope = dict(scope)
     forked_scope["state"] = dict(scope.get("state") or {})
     set_state(forked_scope, forked_state)
@@ -109,6 +109,7 @@ def _count(state: RequestState, attempts: list[_Attempt]) -> None:
     state.attempts += sum(a.state.attempts for a in attempts)
     for attempt in attempts:
         state.tried.extend(attempt.state.tried)
+        state.outcomes.extend(attempt.state.outcomes)
 
 
 async def _watch_disconnect(receive: Receive, disconnected: anyio.Event) -> None:

@@ -132,6 +132,7 @@ class RotationMiddleware:
                 raise
             finally:
                 state.api_key = None
+                state.outcomes.append((state.upstream.name if state.upstream else "", lease.id, outcome.value))
                 used = state.usage.total_tokens if state.usage is not None else None
                 with anyio.CancelScope(shield=True):  # a cancelled request still returns its slot
                     await pool.release(lease, outcome, tokens_used=used, retry_after=retry_after, error=error)

@@ -1,0 +1,96 @@
+"""megagate's Prometheus metrics (prometheus-client): what is counted, with bounded labels, and the /metrics route.
+
+Each Gateway owns its own registry, so two gateways in one process (tests, an app mounting two) never collide.
+Labels never carry a secret: keys appear as their public ids, clients by their configured names. Model names come
+from clients, so only the first `model_cap` distinct ones get their own label; the rest count as "other".
+
+Several hypercorn workers: each worker serves its own figures at /metrics. Either scrape each worker (one port
+per worker), or run with PROMETHEUS_MULTIPROC_DIR set to an empty directory: /metrics then aggregates every
+worker's files through prometheus-client's multiprocess collector (gauges sum; key states are per worker).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from megagate.asgi import Receive, Scope, Send, send_json
+from megagate.pool import KeyPool
+
+# LLM latencies: 10 ms (a cached or tiny answer) to 120 s (a long completion).
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
+KNOWN_ROUTES = frozenset(
+    {"/v1/chat/completions", "/v1/messages", "/v1/messages/count_tokens", "/v1/models", "/healthz", "/readyz"}
+)
+KEY_STATES = ("active", "cooling", "disabled")
+
+
+class Metrics:
+    def __init__(self, *, model_cap: int = 100, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        self.model_cap = model_cap
+        self._models: set[str] = set()
+        r = self.registry
+        self.requests = Counter(
+            "megagate_requests", "Requests answered", ["route", "model", "client", "status"], registry=r
+        )
+        self.duration = Histogram(
+            "megagate_request_duration_seconds", "Time to the end of the answer", ["route"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.ttft = Histogram(
+            "megagate_time_to_first_token_seconds", "Time to the first byte of the answer's body", ["route", "model"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.tokens = Counter("megagate_tokens", "Tokens used", ["model", "client", "kind"], registry=r)
+        self.attempts = Counter(
+            "megagate_upstream_attempts", "Upstream attempts by outcome", ["upstream", "key_id", "outcome"], registry=r
+        )
+        self.fallbacks = Counter("megagate_fallbacks", "Model fallbacks", ["from_model", "to_model"], registry=r)
+        self.in_flight = Gauge("megagate_in_flight", "Requests and streams in progress", ["kind"], registry=r)
+        self.key_state = Gauge(
+            "megagate_key_state", "1 for each upstream key's current state", ["upstream", "key_id", "state"], registry=r
+        )
+
+    def model_label(self, model: str | None) -> str:
+        if not model:
+            return "none"
+        if model in self._models:
+            return model
+        if len(self._models) < self.model_cap:
+            self._models.add(model)
+            return model
+        return "other"
+
+    @staticmethod
+    def route_label(path: str) -> str:
+        if path in KNOWN_ROUTES:
+            return path
+        return "/v1/models/{id}" if path.startswith("/v1/models/") else "other"
+
+    async def refresh_key_states(self, pools: Mapping[str, KeyPool]) -> None:
+        for pool in pools.values():
+            for report in await pool.report():
+                for state in KEY_STATES:
+                    self.key_state.labels(report.upstream, report.id, state).set(1 if report.state == state else 0)
+
+    def render(self) -> bytes:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return generate_latest(registry)
+        return generate_latest(self.registry)
+
+
+class MetricsEndpoint:
+    def __init__(self, metrics: Metrics, pools: Mapping[str, KeyPool]) -> None:
+        self.metrics = metrics
+        self.pools = pools
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.metrics.refresh_key_states(self.pools)
+        body = self.metrics.render()
+        await send_json(send, 200, body, [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")])

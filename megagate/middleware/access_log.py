@@ -1,0 +1,83 @@
+"""AccessLogMiddleware: one structured (JSON) line per request on the `megagate.access` logger.
+
+It gives each request an id (the client's `x-request-id` if it is sane, else a new one), passes it upstream and
+echoes it in the response. The line holds who, what, how it went and how long it took; never message content and
+never a secret (keys appear only as ids, clients by name). Nothing is built when the logger would drop the line.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from megagate.asgi import ASGIApp, Message, Receive, Scope, Send, header
+from megagate.middleware.auth import get_client
+from megagate.state import get_state, route_path
+
+logger = logging.getLogger("megagate.access")
+_SANE_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+_encoder = msgspec.json.Encoder()
+
+
+class AccessLogMiddleware:
+    def __init__(self, app: ASGIApp, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.app = app
+        self.clock = clock
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = header(scope, b"x-request-id")
+        request_id = given if given is not None and _SANE_ID.fullmatch(given) else uuid.uuid4().hex.encode()
+        if given != request_id:  # the id travels upstream with the request (the proxy forwards x-request-id)
+            scope["headers"] = [(k, v) for k, v in scope["headers"] if k != b"x-request-id"]
+            scope["headers"].append((b"x-request-id", request_id))
+        started = self.clock()
+        status = 0
+        first_byte: float | None = None
+
+        async def echo_id(message: Message) -> None:
+            nonlocal status, first_byte
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = [(k, v) for k, v in message.get("headers", ()) if k != b"x-request-id"]
+                message = {**message, "headers": [*headers, (b"x-request-id", request_id)]}
+            elif first_byte is None and message.get("body"):
+                first_byte = self.clock()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, echo_id)
+        finally:
+            if logger.isEnabledFor(logging.INFO):
+                logger.info(self._line(scope, request_id, status, started, first_byte))
+
+    def _line(self, scope: Scope, request_id: bytes, status: int, started: float, first_byte: float | None) -> str:
+        state = get_state(scope)
+        client = get_client(scope)
+        line: dict[str, Any] = {
+            "request_id": request_id.decode(),
+            "method": scope.get("method"),
+            "path": route_path(scope),
+            "status": status,
+            "client": client.name if client is not None else None,
+            "duration_ms": round((self.clock() - started) * 1000, 2),
+            "ttft_ms": round((first_byte - started) * 1000, 2) if first_byte is not None else None,
+        }
+        if state is not None:
+            line["model"] = state.fallbacks[0][0] if state.fallbacks else state.request.model
+            line["served_model"] = state.served_model
+            line["stream"] = state.request.stream
+            line["attempts"] = state.attempts
+            line["keys"] = [key_id for _, key_id, _ in state.outcomes]
+            if state.usage is not None:
+                line["prompt_tokens"] = state.usage.prompt_tokens
+                line["completion_tokens"] = state.usage.completion_tokens
+        return _encoder.encode(line).decode()

@@ -1,0 +1,146 @@
+"""Client authentication (AuthMiddleware) and per-client policy (ClientLimitsMiddleware).
+
+AuthMiddleware runs first, before any body is read: a `/v1/*` request must present a configured client key as
+`Authorization: Bearer` or `x-api-key`, else 401. Keys are known only by their SHA-256 digests; a presented key is
+hashed, looked up by digest, and confirmed with `hmac.compare_digest`. The client found is put in the scope
+(`scope["state"]["megagate.client"]`) for the layers inside. With no clients configured the gateway is open.
+
+ClientLimitsMiddleware runs once the request is parsed (inside DefaultsMiddleware): a model outside the client's
+allowlist (also one named in its `fallback_models`) gets 403, and a client over its `rpm` / `tpm` gets 429 with a
+Retry-After, counted with the same sliding windows as the upstream key scheduler (one window per client).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from megagate.asgi import ASGIApp, Receive, Scope, Send, header, send_error
+from megagate.config import ClientConfig
+from megagate.core.errors import AuthenticationFailed, PermissionDenied, RateLimited
+from megagate.core.scheduler import KeyLimits, KeyScheduler, Lease, Outcome
+from megagate.middleware.rotation import estimate_tokens
+from megagate.state import get_state, route_format, route_path
+
+CLIENT_KEY = "megagate.client"
+
+
+@dataclass(slots=True)
+class Client:
+    """An authenticated client: its configuration and, when it has limits, its own sliding windows."""
+
+    config: ClientConfig
+    windows: KeyScheduler | None
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+def get_client(scope: Scope) -> Client | None:
+    state = scope.get("state")
+    return state.get(CLIENT_KEY) if state else None
+
+
+def presented_key(scope: Scope) -> bytes | None:
+    """The client key of a request: a Bearer token, else `x-api-key` (Anthropic's SDKs), else None."""
+    authorization = header(scope, b"authorization")
+    if authorization is not None:
+        scheme, _, token = authorization.partition(b" ")
+        if scheme.lower() == b"bearer" and token.strip():
+            return token.strip()
+    return header(scope, b"x-api-key")
+
+
+class ClientDirectory:
+    """Client keys by digest. `find` never compares a raw key: it hashes, looks up, then compares digests in
+    constant time."""
+
+    def __init__(self, clients: Sequence[ClientConfig]) -> None:
+        self._by_digest: dict[str, Client] = {}
+        for config in clients:
+            limits = KeyLimits(rpm=config.rpm, tpm=config.tpm)
+            windows = KeyScheduler([config.name], [limits]) if config.rpm or config.tpm else None
+            self._by_digest[config.digest] = Client(config, windows)
+
+    def __bool__(self) -> bool:
+        return bool(self._by_digest)
+
+    def find(self, key: bytes) -> Client | None:
+        digest = hashlib.sha256(key).hexdigest()
+        client = self._by_digest.get(digest)
+        if client is None or not hmac.compare_digest(client.config.digest, digest):
+            return None
+        return client
+
+
+class AuthMiddleware:
+    def __init__(self, app: ASGIApp, *, clients: Sequence[ClientConfig], prefix: str = "/v1/") -> None:
+        self.app = app
+        self.directory = ClientDirectory(clients)
+        self.prefix = prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.directory or not route_path(scope).startswith(self.prefix):
+            await self.app(scope, receive, send)
+            return
+        key = presented_key(scope)
+        client = self.directory.find(key) if key else None
+        if client is None or client.config.revoked:
+            reason = "No API key was given" if key is None else "The API key is not valid"
+            error = AuthenticationFailed(f"{reason}. Send a megagate client key as 'Authorization: Bearer <key>'.")
+            error.code = "invalid_api_key"
+            await send_error(send, error, route_format(scope))
+            return
+        scope.setdefault("state", {})[CLIENT_KEY] = client
+        await self.app(scope, receive, send)
+
+
+class ClientLimitsMiddleware:
+    def __init__(
+        self, app: ASGIApp, *, clock: Callable[[], float] = time.monotonic, default_max_tokens: int = 1024
+    ) -> None:
+        self.app = app
+        self.clock = clock
+        self.default_max_tokens = default_max_tokens
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        client = get_client(scope) if scope["type"] == "http" else None
+        state = get_state(scope) if client is not None else None
+        if client is None or state is None:
+            await self.app(scope, receive, send)
+            return
+        state.client_name = client.name
+        request = state.request
+        for model in [request.model, *(request.fallback_models or ())]:
+            if not client.config.allows(model):
+                raise PermissionDenied(f"This client may not use the model '{model}'.", param="model")
+        if client.windows is None:
+            await self.app(scope, receive, send)
+            return
+        tokens = estimate_tokens(request, self.default_max_tokens)
+        lease = client.windows.acquire(tokens, self.clock())
+        if not isinstance(lease, Lease):
+            wait = lease.seconds if lease.seconds is not None else 1.0
+            raise RateLimited(
+                f"This client is over its rate limit ({_limits(client.config)}); retry in {wait:.1f} s.",
+                retry_after=wait,
+            )
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            used = state.usage.total_tokens if state.usage is not None else None
+            client.windows.release(lease, Outcome.SUCCESS, self.clock(), tokens_used=used)
+
+
+def _limits(config: ClientConfig) -> str:
+    parts: list[Any] = []
+    if config.rpm:
+        parts.append(f"{config.rpm} requests/min")
+    if config.tpm:
+        parts.append(f"{config.tpm} tokens/min")
+    return ", ".join(parts)

@@ -1,0 +1,78 @@
+"""MetricsMiddleware: observe every request once, at its end, into `megagate.metrics.Metrics`.
+
+It sits outermost (outside ErrorsMiddleware), so it sees the status the client got, also for errors. Per request
+it counts the route, model, client and status class; times the whole answer and its first body byte; adds tokens,
+upstream attempts by outcome and fallbacks from the request state; and tracks requests and streams in flight.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from megagate.asgi import ASGIApp, Message, Receive, Scope, Send
+from megagate.metrics import Metrics
+from megagate.middleware.auth import get_client
+from megagate.state import get_state, route_path
+
+
+class MetricsMiddleware:
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, clock: Callable[[], float] = time.monotonic) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.clock = clock
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        metrics = self.metrics
+        started = self.clock()
+        status = 0
+        first_byte: float | None = None
+        streaming = False
+
+        async def observe(message: Message) -> None:
+            nonlocal status, first_byte, streaming
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                for name, value in message.get("headers", ()):
+                    if name == b"content-type" and value.startswith(b"text/event-stream"):
+                        streaming = True
+                        metrics.in_flight.labels("stream").inc()
+            elif first_byte is None and message.get("body"):
+                first_byte = self.clock()
+            await send(message)
+
+        metrics.in_flight.labels("request").inc()
+        try:
+            await self.app(scope, receive, observe)
+        finally:
+            metrics.in_flight.labels("request").dec()
+            if streaming:
+                metrics.in_flight.labels("stream").dec()
+            self._record(scope, status, started, first_byte)
+
+    def _record(self, scope: Scope, status: int, started: float, first_byte: float | None) -> None:
+        metrics = self.metrics
+        route = metrics.route_label(route_path(scope))
+        state = get_state(scope)
+        known = get_client(scope)
+        client = known.name if known is not None else "anonymous"
+        # requests count under the model asked for; tokens under the model that served (after any fallback)
+        requested = (state.fallbacks[0][0] if state.fallbacks else state.request.model) if state else None
+        model = metrics.model_label(requested)
+        metrics.requests.labels(route, model, client, f"{status // 100}xx" if status else "none").inc()
+        metrics.duration.labels(route).observe(self.clock() - started)
+        if first_byte is not None and state is not None:
+            metrics.ttft.labels(route, model).observe(first_byte - started)
+        if state is None:
+            return
+        if state.usage is not None:
+            served = metrics.model_label(state.request.model)
+            metrics.tokens.labels(served, client, "prompt").inc(state.usage.prompt_tokens)
+            metrics.tokens.labels(served, client, "completion").inc(state.usage.completion_tokens)
+        for upstream, key_id, outcome in state.outcomes:
+            metrics.attempts.labels(upstream, key_id, outcome).inc()
+        for source, target in state.fallbacks:
+            metrics.fallbacks.labels(metrics.model_label(source), metrics.model_label(target)).inc()
