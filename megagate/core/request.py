@@ -159,13 +159,19 @@ def _check_field(name: str, raw: msgspec.Raw, rule: FieldRule) -> Any:
 
 
 def decode_fields(body: bytes) -> RawFields:
-    """The body's top-level fields, or InvalidRequest if it is not a JSON object."""
+    """The body's top-level fields, or InvalidRequest if it is not a JSON object in UTF-8."""
+    try:
+        body.decode()  # msgspec leaves raw values unchecked: a bad byte inside a string must not reach the upstream
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(f"The request body is not valid UTF-8 (byte {exc.start}).") from None
     try:
         return _fields_decoder.decode(body)
     except msgspec.ValidationError:
         raise InvalidRequest("The request body must be a JSON object.") from None
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"The request body is not valid JSON: {exc}.") from None
+    except RecursionError:  # msgspec's own nesting limit
+        raise InvalidRequest("The request body is nested too deeply.") from None
 
 
 def _check_messages(fields: RawFields, roles: frozenset[str]) -> int:
