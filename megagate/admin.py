@@ -10,8 +10,9 @@ from collections.abc import Mapping
 
 import msgspec
 
-from megagate.asgi import Receive, Scope, Send, header, send_error, send_json
+from megagate.asgi import Receive, Scope, Send, send_error, send_json
 from megagate.core.errors import AuthenticationFailed
+from megagate.middleware.auth import presented_key
 from megagate.pool import KeyPool, KeyReport
 
 
@@ -23,15 +24,6 @@ class KeyList(msgspec.Struct):
 _encoder = msgspec.json.Encoder()
 
 
-def bearer_token(scope: Scope) -> bytes | None:
-    """The token of an `Authorization: Bearer ...` header, or the `x-api-key` header, or None."""
-    authorization = header(scope, b"authorization")
-    if authorization is not None:
-        scheme, _, token = authorization.partition(b" ")
-        return token.strip() if scheme.lower() == b"bearer" else None
-    return header(scope, b"x-api-key")
-
-
 class AdminGuard:
     """Let a request through to `endpoint` only with the admin token (compared in constant time)."""
 
@@ -40,7 +32,7 @@ class AdminGuard:
         self.token = token.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        presented = bearer_token(scope)
+        presented = presented_key(scope)
         if presented is None or not hmac.compare_digest(presented, self.token):
             await send_error(send, AuthenticationFailed("This admin route needs the admin token as a Bearer token."))
             return
