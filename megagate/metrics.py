@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -28,32 +29,50 @@ KNOWN_ROUTES = frozenset(
 KEY_STATES = ("active", "cooling", "disabled")
 
 
+class Children:
+    """A labelled metric's children, cached: `labels()` validates and locks on every call, a dict lookup does not
+    (label values are bounded, so the cache is too)."""
+
+    def __init__(self, metric: Any) -> None:
+        self.metric = metric
+        self._cache: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *labels: str) -> Any:
+        child = self._cache.get(labels)
+        if child is None:
+            child = self._cache[labels] = self.metric.labels(*labels)
+        return child
+
+
 class Metrics:
     def __init__(self, *, model_cap: int = 100, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         self.model_cap = model_cap
         self._models: set[str] = set()
         r = self.registry
-        self.requests = Counter(
-            "megagate_requests", "Requests answered", ["route", "model", "client", "status"], registry=r
+        self.requests = Children(
+            Counter("megagate_requests", "Requests answered", ["route", "model", "client", "status"], registry=r)
         )
-        self.duration = Histogram(
+        self.duration = Children(Histogram(
             "megagate_request_duration_seconds", "Time to the end of the answer", ["route"],
             buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.ttft = Histogram(
+        ))  # fmt: skip
+        self.ttft = Children(Histogram(
             "megagate_time_to_first_token_seconds", "Time to the first byte of the answer's body", ["route", "model"],
             buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.tokens = Counter("megagate_tokens", "Tokens used", ["model", "client", "kind"], registry=r)
-        self.attempts = Counter(
+        ))  # fmt: skip
+        self.tokens = Children(Counter("megagate_tokens", "Tokens used", ["model", "client", "kind"], registry=r))
+        self.attempts = Children(Counter(
             "megagate_upstream_attempts", "Upstream attempts by outcome", ["upstream", "key_id", "outcome"], registry=r
+        ))  # fmt: skip
+        self.fallbacks = Children(
+            Counter("megagate_fallbacks", "Model fallbacks", ["from_model", "to_model"], registry=r)
         )
-        self.fallbacks = Counter("megagate_fallbacks", "Model fallbacks", ["from_model", "to_model"], registry=r)
-        self.in_flight = Gauge("megagate_in_flight", "Requests and streams in progress", ["kind"], registry=r)
-        self.key_state = Gauge(
+        in_flight = Gauge("megagate_in_flight", "Requests and streams in progress", ["kind"], registry=r)
+        self.requests_in_flight, self.streams_in_flight = in_flight.labels("request"), in_flight.labels("stream")
+        self.key_state = Children(Gauge(
             "megagate_key_state", "1 for each upstream key's current state", ["upstream", "key_id", "state"], registry=r
-        )
+        ))  # fmt: skip
 
     def model_label(self, model: str | None) -> str:
         if not model:
@@ -75,7 +94,7 @@ class Metrics:
         for pool in pools.values():
             for report in await pool.report():
                 for state in KEY_STATES:
-                    self.key_state.labels(report.upstream, report.id, state).set(1 if report.state == state else 0)
+                    self.key_state(report.upstream, report.id, state).set(1 if report.state == state else 0)
 
     def render(self) -> bytes:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

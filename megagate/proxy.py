@@ -9,6 +9,7 @@ silently and never with a hang.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -22,11 +23,11 @@ from megagate.core.anthropic import ANTHROPIC_VERSION
 from megagate.core.errors import (
     Format,
     InvalidRequest,
-    MegagateError,
     NotFound,
     UpstreamStatus,
     UpstreamTimeout,
 )
+from megagate.disconnect import CancelOnDisconnect
 from megagate.relay import Plan, make_plan, relay_stream, translate_plain, usage_of
 from megagate.state import RequestState, get_state
 from megagate.upstream import Headers, Origin, Transport
@@ -131,25 +132,17 @@ class UpstreamProxy:
         headers = self._headers(scope, key, fmt, state.format)
         headers.append((b"content-length", str(len(plan.body)).encode()))
         secrets = (key,) if key else ()
-        failure: MegagateError | None = None
-        async with anyio.create_task_group() as group:
-            # Watch for the client leaving so the upstream request is cancelled at once, not at the next send.
-            group.start_soon(_cancel_on_disconnect, receive, group.cancel_scope)
-            try:
-                # The first-byte timeout runs until the first event is relayed (the transport's own bounds only
-                # the headers): a stream whose headers come at once but whose first event never does is a timeout.
-                first_byte = self.config.timeouts.first_byte
-                with anyio.CancelScope(deadline=anyio.current_time() + first_byte) as waiting:
-                    await self._exchange(state, plan, waiting, origin, base_path + plan.path, headers, secrets, send)
-                if waiting.cancelled_caught:
-                    raise UpstreamTimeout(
-                        f"upstream sent no first event within the first-byte timeout ({first_byte:g} s)"
-                    )
-            except MegagateError as error:
-                failure = error  # raised below, outside the task group, so it does not arrive as an ExceptionGroup
-            group.cancel_scope.cancel()
-        if failure is not None:
-            raise failure
+        # The client leaving cancels the upstream call at once, not at the next send.
+        async with CancelOnDisconnect(receive):
+            # The first-byte timeout runs until the first event is relayed (the transport's own bounds only the
+            # headers): a stream whose headers come at once but whose first event never does is a timeout. A plain
+            # answer needs no scope of its own: the transport bounds the wait for its headers.
+            first_byte = self.config.timeouts.first_byte
+            deadline = anyio.current_time() + first_byte if state.request.stream else math.inf
+            with anyio.CancelScope(deadline=deadline) as waiting:
+                await self._exchange(state, plan, waiting, origin, base_path + plan.path, headers, secrets, send)
+            if waiting.cancelled_caught:
+                raise UpstreamTimeout(f"upstream sent no first event within the first-byte timeout ({first_byte:g} s)")
 
     async def _exchange(
         self,
@@ -174,7 +167,7 @@ class UpstreamProxy:
 
                 await relay_stream(state, plan, waiting, response.aiter_bytes(), send, error_for)
                 return
-            waiting.deadline = float("inf")
+            waiting.deadline = math.inf
             payload = await response.read(MAX_PLAIN_BODY)
             state.usage = usage_of(payload, plan.upstream)
             payload = translate_plain(payload, plan)
@@ -209,11 +202,3 @@ def base_path_of(origin_url: str) -> bytes:
     after_scheme = origin_url.split("://", 1)[1]
     slash = after_scheme.find("/")
     return after_scheme[slash:].rstrip("/").encode() if slash != -1 else b""
-
-
-async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            scope.cancel()
-            return

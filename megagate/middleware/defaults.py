@@ -105,7 +105,7 @@ class DefaultsMiddleware:
             if not is_json_content_type(header(scope, b"content-type")):
                 raise InvalidRequest("Content-Type must be application/json.")
             body: bytes | None = None
-            with anyio.move_on_after(self.body_timeout):
+            with anyio.CancelScope(deadline=anyio.current_time() + self.body_timeout):
                 body = await read_body(receive, self.max_body_bytes)
             if body is None:  # a slow drip holds a worker slot: it gets a deadline like everything else
                 raise InvalidRequest(f"The request body did not arrive within {self.body_timeout:g} s.", status=408)

@@ -39,18 +39,18 @@ class MetricsMiddleware:
                 for name, value in message.get("headers", ()):
                     if name == b"content-type" and value.startswith(b"text/event-stream"):
                         streaming = True
-                        metrics.in_flight.labels("stream").inc()
+                        metrics.streams_in_flight.inc()
             elif first_byte is None and message.get("body"):
                 first_byte = self.clock()
             await send(message)
 
-        metrics.in_flight.labels("request").inc()
+        metrics.requests_in_flight.inc()
         try:
             await self.app(scope, receive, observe)
         finally:
-            metrics.in_flight.labels("request").dec()
+            metrics.requests_in_flight.dec()
             if streaming:
-                metrics.in_flight.labels("stream").dec()
+                metrics.streams_in_flight.dec()
             self._record(scope, status, started, first_byte)
 
     def _record(self, scope: Scope, status: int, started: float, first_byte: float | None) -> None:
@@ -62,17 +62,17 @@ class MetricsMiddleware:
         # requests count under the model asked for; tokens under the model that served (after any fallback)
         requested = (state.fallbacks[0][0] if state.fallbacks else state.request.model) if state else None
         model = metrics.model_label(requested)
-        metrics.requests.labels(route, model, client, f"{status // 100}xx" if status else "none").inc()
-        metrics.duration.labels(route).observe(self.clock() - started)
+        metrics.requests(route, model, client, f"{status // 100}xx" if status else "none").inc()
+        metrics.duration(route).observe(self.clock() - started)
         if first_byte is not None and state is not None:
-            metrics.ttft.labels(route, model).observe(first_byte - started)
+            metrics.ttft(route, model).observe(first_byte - started)
         if state is None:
             return
         if state.usage is not None:
             served = metrics.model_label(state.request.model)
-            metrics.tokens.labels(served, client, "prompt").inc(state.usage.prompt_tokens)
-            metrics.tokens.labels(served, client, "completion").inc(state.usage.completion_tokens)
+            metrics.tokens(served, client, "prompt").inc(state.usage.prompt_tokens)
+            metrics.tokens(served, client, "completion").inc(state.usage.completion_tokens)
         for upstream, key_id, outcome in state.outcomes:
-            metrics.attempts.labels(upstream, key_id, outcome).inc()
+            metrics.attempts(upstream, key_id, outcome).inc()
         for source, target in state.fallbacks:
-            metrics.fallbacks.labels(metrics.model_label(source), metrics.model_label(target)).inc()
+            metrics.fallbacks(metrics.model_label(source), metrics.model_label(target)).inc()

@@ -134,7 +134,10 @@ class RotationMiddleware:
                 state.api_key = None
                 state.outcomes.append((state.upstream.name if state.upstream else "", lease.id, outcome.value))
                 used = state.usage.total_tokens if state.usage is not None else None
-                with anyio.CancelScope(shield=True):  # a cancelled request still returns its slot
+                if outcome is Outcome.CANCELLED:  # cancelled (or crashed): shield the release so the slot returns
+                    with anyio.CancelScope(shield=True):
+                        await pool.release(lease, outcome, tokens_used=used, retry_after=retry_after, error=error)
+                else:
                     await pool.release(lease, outcome, tokens_used=used, retry_after=retry_after, error=error)
         raise _final_error(failures, len(tried))
 

@@ -94,10 +94,13 @@ class OriginSlots:
         limit = self._limits.get(origin)
         if limit is None:
             limit = self._limits[origin] = anyio.Semaphore(self.max_connections)
-        with anyio.move_on_after(self.pool_timeout) as waited:
-            await limit.acquire()
-        if waited.cancelled_caught:
-            raise UpstreamTimeout("no upstream connection became free within the pool timeout")
+        try:
+            limit.acquire_nowait()  # the common case: a slot is free, no timer needed
+        except anyio.WouldBlock:
+            with anyio.move_on_after(self.pool_timeout) as waited:
+                await limit.acquire()
+            if waited.cancelled_caught:
+                raise UpstreamTimeout("no upstream connection became free within the pool timeout") from None
         try:
             yield
         finally:

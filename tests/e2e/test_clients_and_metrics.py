@@ -92,6 +92,7 @@ def test_client_keys_on_both_routes(
 ) -> None:
     got, _, answer = raw(guarded_gateway, path, body, headers)
     assert got == status
+    assert not any(secret.encode() in answer for secret in SECRETS)
     if kind:
         assert error_type(answer, fmt) == kind and fake.requests() == []
     else:

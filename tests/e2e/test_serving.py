@@ -74,3 +74,20 @@ def test_demo_streams_an_answer_with_no_key(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "megagate relays every token" in result.stdout
+
+
+def test_serve_without_client_keys_warns_once_and_binds_locally(fake_upstream: Process, tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "MEGALLM_API_KEYS": "sk-mega-serve-test-0001", "MEGALLM_BASE_URL": fake_upstream.url}
+    env.pop("MEGAGATE_CONFIG", None)
+    env.pop("MEGAGATE_CLIENT_KEYS", None)
+    server = Process([sys.executable, "-m", "megagate", "serve", "--bind", f"127.0.0.1:{port}"], port,
+                     tmp_path / "serve.log", env)  # fmt: skip
+    try:
+        sdk = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+        assert sdk.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}]).choices
+    finally:
+        server.stop()
+    warnings = [line for line in server.output().splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "no client keys configured" in warnings[0] and "127.0.0.1" in warnings[0]
+    assert "sk-mega-serve-test-0001" not in server.output()
