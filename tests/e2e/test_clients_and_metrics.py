@@ -8,6 +8,7 @@ import re
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -185,3 +186,19 @@ def test_access_log_has_one_json_line_per_request(guarded_gateway: Process, fake
 def test_readyz_and_healthz_stay_open(guarded_gateway: Process) -> None:
     assert raw(guarded_gateway, "/healthz")[0] == 200
     assert raw(guarded_gateway, "/readyz")[0] == 200
+
+
+def test_metrics_add_up_across_workers_in_multiprocess_mode(
+    fake_upstream: Process, fake: FakeControl, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "prometheus").mkdir()
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "prometheus"))
+    gateway = start_gateway(tmp_path, gateway_toml(fake_upstream.url), "-w", "2")
+    try:
+        for _ in range(6):  # new connections: both workers get some
+            assert raw(gateway, "/v1/chat/completions", CHAT)[0] == 200
+        text = raw(gateway, "/metrics")[2].decode()
+    finally:
+        gateway.stop()
+    assert len(set(re.findall(r'pid="(\d+)"', text))) == 2  # both workers' files are read...
+    assert metric(text, "megagate_requests_total", route="/v1/chat/completions", status="2xx") == 6  # ...and summed
