@@ -1,4 +1,6 @@
-"""GET /v1/models and /v1/models/{id}: the upstreams' model lists merged, cached with a TTL, plus aliases."""
+"""GET /v1/models and /v1/models/{id}: the upstreams' model lists merged, cached with a TTL, plus aliases.
+
+A client that sends `anthropic-version` (the Anthropic SDKs, Claude Code) gets Anthropic's list format."""
 
 from __future__ import annotations
 
@@ -8,8 +10,9 @@ from collections.abc import Callable
 import anyio
 import msgspec
 
-from megagate.asgi import Receive, Scope, Send, send_json
+from megagate.asgi import Receive, Scope, Send, header, send_json
 from megagate.config import Config, UpstreamConfig
+from megagate.core.anthropic import ANTHROPIC_VERSION
 from megagate.core.errors import MegagateError, NotFound, UpstreamError
 from megagate.core.schemas import Model, ModelList, model_list_decoder
 from megagate.proxy import base_path_of, upstream_error
@@ -18,6 +21,25 @@ from megagate.upstream import Origin, Transport
 
 logger = logging.getLogger("megagate.models")
 _encoder = msgspec.json.Encoder()
+
+
+class _AnthropicModel(msgspec.Struct):
+    id: str
+    display_name: str
+    created_at: str = "1970-01-01T00:00:00Z"  # MegaLLM does not say; Anthropic's format requires a date
+    type: str = "model"
+
+
+class _AnthropicModelList(msgspec.Struct):
+    data: list[_AnthropicModel]
+    has_more: bool
+    first_id: str | None
+    last_id: str | None
+
+
+def _anthropic_list(models: list[Model]) -> _AnthropicModelList:
+    data = [_AnthropicModel(m.id, m.id) for m in models]
+    return _AnthropicModelList(data, False, data[0].id if data else None, data[-1].id if data else None)
 
 
 class ModelsEndpoint:
@@ -34,13 +56,15 @@ class ModelsEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         models = await self.models()
         path = route_path(scope).rstrip("/")
+        anthropic = header(scope, b"anthropic-version") is not None
         if path == "/v1/models":
-            await send_json(send, 200, _encoder.encode(ModelList(models)))
+            listed = _anthropic_list(models) if anthropic else ModelList(models)
+            await send_json(send, 200, _encoder.encode(listed))
             return
         wanted = path.removeprefix("/v1/models/")
         for model in models:
             if model.id == wanted:
-                await send_json(send, 200, _encoder.encode(model))
+                await send_json(send, 200, _encoder.encode(_AnthropicModel(model.id, model.id) if anthropic else model))
                 return
         raise NotFound(f"The model '{wanted}' does not exist.", param="model", code="model_not_found")
 
@@ -83,7 +107,11 @@ class ModelsEndpoint:
         base_path = base_path_of(upstream.origin_url)
         headers = [(b"accept", b"application/json")]
         keys = upstream.key_configs
-        if keys:
+        if upstream.format == "anthropic":
+            headers.append((b"anthropic-version", ANTHROPIC_VERSION))
+            if keys:
+                headers.append((b"x-api-key", keys[0].key.encode()))
+        elif keys:
             headers.append((b"authorization", b"Bearer " + keys[0].key.encode()))
         async with self.transport.stream(b"GET", origin, base_path + b"/v1/models", headers, b"") as response:
             body = await response.read(8 * 1024 * 1024)

@@ -87,7 +87,7 @@ class UpstreamStatus(UpstreamError):
 
     The client sees the upstream's own status for the request's faults (400, 404, 413, 422...) and for 429, but a
     401/403 means megagate's *pool key* was refused, not the client's, and a 5xx is a bad gateway: both become 502
-    (504 stays 504), so an SDK neither blames its own key nor mistakes the gateway for the failing party."""
+    (503, 504 and 529 stay), so an SDK neither blames its own key nor mistakes the gateway for the failing party."""
 
     def __init__(self, status: int, message: str, *, body: bytes = b"", retry_after: float | None = None) -> None:
         super().__init__(message, status=client_status_for(status), retry_after=retry_after)
@@ -97,7 +97,8 @@ class UpstreamStatus(UpstreamError):
 
 
 def client_status_for(upstream_status: int) -> int:
-    if upstream_status in (401, 403, 407) or (upstream_status >= 500 and upstream_status != 504):
+    """503 and 529 (Anthropic's "overloaded") keep their status: both say "retry later", which SDKs act on."""
+    if upstream_status in (401, 403, 407) or (upstream_status >= 500 and upstream_status not in (503, 504, 529)):
         return 502
     return upstream_status
 

@@ -227,3 +227,23 @@ async def test_a_fallback_crosses_formats(formats_gateway: Process, fake: FakeCo
     assert message.model == "gpt-4o" and message.content[0].text == FAKE_TEXT
     assert raw.headers["x-megagate-model"] == "gpt-4o"
     assert [r["path"] for r in fake.requests()][-1] == "/v1/chat/completions"
+
+
+async def test_the_anthropic_sdk_lists_models_in_its_own_format(formats_gateway: Process) -> None:
+    async with claude(formats_gateway) as client:
+        page = await client.models.list()
+        ids = [model.id async for model in page]
+        one = await client.models.retrieve(ids[0])
+    assert "claude-opus-4-1-20250805" in ids and one.type == "model" and one.id == ids[0]
+
+
+async def test_an_overloaded_anthropic_upstream_reaches_the_client_as_529(
+    formats_gateway: Process, fake: FakeControl, anyio_backend: str
+) -> None:
+    model = f"claude-opus-overloaded-{anyio_backend}"  # its keys rest after this: each loop gets its own model
+    fake.add_rule({"status": 529, "message": "Overloaded"}, model=model)
+    async with claude(formats_gateway) as client:
+        with pytest.raises(anthropic.APIStatusError) as caught:
+            await client.messages.create(model=model, max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+    assert caught.value.status_code == 529
+    assert caught.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -194,11 +195,20 @@ def test_metrics_add_up_across_workers_in_multiprocess_mode(
     (tmp_path / "prometheus").mkdir()
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "prometheus"))
     gateway = start_gateway(tmp_path, gateway_toml(fake_upstream.url), "-w", "2")
+
+    def workers_seen() -> int:  # each worker writes its gauge files when its gateway starts
+        return len(set(re.findall(r'pid="(\d+)"', raw(gateway, "/metrics")[2].decode())))
+
     try:
-        for _ in range(6):  # new connections: both workers get some
+        for _ in range(50):
+            if workers_seen() == 2:
+                break
+            time.sleep(0.1)
+        assert workers_seen() == 2  # both workers' files are read, whichever worker answers /metrics...
+        for _ in range(6):
             assert raw(gateway, "/v1/chat/completions", CHAT)[0] == 200
+        time.sleep(0.3)  # a worker counts a request just after its last byte went out
         text = raw(gateway, "/metrics")[2].decode()
     finally:
         gateway.stop()
-    assert len(set(re.findall(r'pid="(\d+)"', text))) == 2  # both workers' files are read...
     assert metric(text, "megagate_requests_total", route="/v1/chat/completions", status="2xx") == 6  # ...and summed

@@ -96,7 +96,7 @@ async def test_when_both_fail_an_error_is_raised() -> None:
         if len(calls) == 1:
             await anyio.sleep(0.3)
             raise UpstreamStatus(500, "primary down")
-        raise UpstreamStatus(503, "backup down")
+        raise UpstreamStatus(503, "backup down")  # the last attempt to fail is the one told
 
     result, state = await call(app, delay=0.1)
-    assert result.status == 502 and state.attempts == 2 and "down" in result.json()["error"]["message"]
+    assert result.status == 503 and state.attempts == 2 and "down" in result.json()["error"]["message"]
