@@ -99,7 +99,8 @@ class Hedging(_Config, frozen=True):
 
 class ClientConfig(_Config, frozen=True):
     """One client of megagate. Its key is kept only as a SHA-256 digest (`megagate hash-key` prints one); `key`
-    (usually `env:NAME`) is hashed at load and dropped."""
+    (usually `env:NAME`) is hashed by `config_from_mapping` and dropped (only a ClientConfig built directly, as in
+    tests, still holds one)."""
 
     name: str
     key_sha256: str | None = None
@@ -187,11 +188,22 @@ def _resolve_env(value: Any, path: str, environ: Mapping[str, str]) -> Any:
 def config_from_mapping(data: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Config:
     """Build a Config from decoded TOML (or a dict in tests); `env:NAME` strings are resolved from `environ`."""
     resolved = _resolve_env(dict(data), "", os.environ if environ is None else environ)
+    clients = resolved.get("clients")
+    if isinstance(clients, list):  # a client's raw key is hashed here and kept nowhere
+        resolved["clients"] = [_hashed(client) for client in clients]
     try:
         return msgspec.convert(resolved, Config)
     except msgspec.ValidationError as exc:
         message, _, where = str(exc).partition(" - at `$.")
         raise ConfigError(f"{where.rstrip('`') or 'config'}: {message}") from None
+
+
+def _hashed(client: Any) -> Any:
+    if not isinstance(client, dict) or not isinstance(client.get("key"), str) or "key_sha256" in client:
+        return client  # left for validation to report
+    kept = {k: v for k, v in client.items() if k != "key"}
+    kept["key_sha256"] = hashlib.sha256(client["key"].encode()).hexdigest()
+    return kept
 
 
 def _split_keys(value: str) -> list[str]:

@@ -75,3 +75,20 @@ def test_bad_config_names_the_field(tmp_path: Path, toml: str, field: str) -> No
         load_config({"MEGAGATE_CONFIG": str(path)})
     assert str(caught.value).startswith(field)
     assert "\n" not in str(caught.value)
+
+
+def test_a_client_key_given_in_clear_is_kept_only_as_its_digest() -> None:
+    import hashlib
+
+    from megagate.config import config_from_mapping
+
+    config = config_from_mapping(
+        {
+            "upstreams": [{"name": "u", "base_url": "http://127.0.0.1:1"}],
+            "clients": [{"name": "alice", "key": "env:ALICE_KEY"}],
+        },
+        {"ALICE_KEY": "sk-client-alice-secret"},
+    )
+    client = config.clients[0]
+    assert client.key is None and client.key_sha256 == hashlib.sha256(b"sk-client-alice-secret").hexdigest()
+    assert "sk-client-alice-secret" not in repr(config)
