@@ -177,9 +177,13 @@ class FastTransport:
                 connection = await self._connect(origin)
             try:
                 await _mapped(connection.send_request(request))
-                with anyio.fail_after(first_byte):
-                    while not connection.headers_done:
-                        await _mapped(connection.receive(first_byte))
+                # Each read gets what is left of the first-byte budget (no cancel scope and timer per request).
+                deadline = anyio.current_time() + first_byte
+                while not connection.headers_done:
+                    left = deadline - anyio.current_time()
+                    if left <= 0:
+                        raise UpstreamTimeout("first-byte budget spent")
+                    await _mapped(connection.receive(left))
                 return connection
             except (TimeoutError, UpstreamTimeout):
                 await self._close(connection)
