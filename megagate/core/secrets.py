@@ -22,8 +22,11 @@ def key_id(key: str) -> str:
 
 
 def mask_key(key: str) -> str:
-    """`sk-mega-…a1b2`: the conventional prefix and the last 4 characters; short keys show no suffix at all."""
+    """`sk-mega-…a1b2`: the conventional prefix and the last 4 characters, never more than half the key; short keys
+    show no suffix at all."""
     match = _PREFIX.match(key)
     prefix = match.group(0)[:_MAX_PREFIX] if match else ""
     suffix = key[-_SUFFIX:] if len(key) >= _MIN_LENGTH_FOR_SUFFIX else ""
+    if len(prefix) + len(suffix) > len(key) // 2:  # a "prefix" that is most of a short key is no prefix
+        prefix = ""
     return f"{prefix}…{suffix}"
