@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from typing import Any
 
 import anyio
@@ -134,10 +135,8 @@ class RotationMiddleware:
                 state.api_key = None
                 state.outcomes.append((state.upstream.name if state.upstream else "", lease.id, outcome.value))
                 used = state.usage.total_tokens if state.usage is not None else None
-                if outcome is Outcome.CANCELLED:  # cancelled (or crashed): shield the release so the slot returns
-                    with anyio.CancelScope(shield=True):
-                        await pool.release(lease, outcome, tokens_used=used, retry_after=retry_after, error=error)
-                else:
+                # Cancelled (or crashed): shield the release so the slot returns. Otherwise no scope: it costs.
+                with anyio.CancelScope(shield=True) if outcome is Outcome.CANCELLED else nullcontext():
                     await pool.release(lease, outcome, tokens_used=used, retry_after=retry_after, error=error)
         raise _final_error(failures, len(tried))
 

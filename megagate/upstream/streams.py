@@ -68,6 +68,20 @@ def _expire(waiter: asyncio.Future[None]) -> None:
         waiter.set_exception(TimeoutError())
 
 
+def _wake(waiter: asyncio.Future[None] | None) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
+
+
+async def _wait(loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[None], timeout: float) -> None:
+    """Wait for `waiter` to be woken, or TimeoutError after `timeout` seconds: one loop timer, no cancel scope."""
+    timer = loop.call_later(timeout, _expire, waiter)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+
+
 class _StreamProtocol(asyncio.Protocol):
     """Buffers what arrives and wakes the one reader; `send` waits only while the transport asks to pause writing."""
 
@@ -93,41 +107,33 @@ class _StreamProtocol(asyncio.Protocol):
         if self.buffered > HIGH_WATER and not self.reading_paused and self.transport is not None:
             self.transport.pause_reading()
             self.reading_paused = True
-        self._wake_reader()
+        _wake(self.reader)
 
     def eof_received(self) -> bool:
         self.eof = True
-        self._wake_reader()
+        _wake(self.reader)
         return False  # let the transport close
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.eof = True
         self.error = exc
-        self._wake_reader()
-        if self.writer is not None and not self.writer.done():
-            self.writer.set_result(None)
+        _wake(self.reader)
+        _wake(self.writer)
 
     def pause_writing(self) -> None:
         self.writing_paused = True
 
     def resume_writing(self) -> None:
         self.writing_paused = False
-        if self.writer is not None and not self.writer.done():
-            self.writer.set_result(None)
-
-    def _wake_reader(self) -> None:
-        if self.reader is not None and not self.reader.done():
-            self.reader.set_result(None)
+        _wake(self.writer)
 
     # ByteStream
     async def receive(self, timeout: float) -> bytes:
         if not self.chunks and not self.eof:
             self.reader = self.loop.create_future()
-            timer = self.loop.call_later(timeout, _expire, self.reader)
             try:
-                await self.reader
+                await _wait(self.loop, self.reader, timeout)
             finally:
-                timer.cancel()
                 self.reader = None
         if self.chunks:
             chunks, self.chunks, self.buffered = self.chunks, [], 0
@@ -145,11 +151,9 @@ class _StreamProtocol(asyncio.Protocol):
         self.transport.write(data)
         if self.writing_paused:
             self.writer = self.loop.create_future()
-            timer = self.loop.call_later(timeout, _expire, self.writer)
             try:
-                await self.writer
+                await _wait(self.loop, self.writer, timeout)
             finally:
-                timer.cancel()
                 self.writer = None
             if self.error is not None or self.transport.is_closing():
                 raise anyio.BrokenResourceError from self.error

@@ -5,6 +5,7 @@ path finds no 500."""
 from __future__ import annotations
 
 import json
+import select
 import socket
 import time
 from collections.abc import Iterator
@@ -36,13 +37,11 @@ def exchange(port: int, request: bytes, *, drip: bytes = b"", timeout: float = 1
     """Send raw bytes (then `drip`, slowly), read one response: (status, body). Status 0: closed without one."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(request)
-        if drip:
-            for byte in drip:
-                time.sleep(0.2)
-                try:
-                    sock.sendall(bytes([byte]))
-                except OSError:
-                    break
+        for byte in drip:
+            readable, _, _ = select.select([sock], [], [], 0.2)  # a byte every 0.2 s, until the server answers
+            if readable:
+                break
+            sock.sendall(bytes([byte]))
         data = b""
         while b"\r\n\r\n" not in data:
             chunk = sock.recv(65536)
