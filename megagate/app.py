@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from starlette.routing import Route, Router
@@ -20,6 +21,7 @@ from megagate.admin import AdminGuard, KeysEndpoint
 from megagate.asgi import ASGIApp, Receive, Scope, Send, send_error, send_json
 from megagate.config import Config, load_config
 from megagate.core.errors import ConfigError, InvalidRequest, NotFound
+from megagate.count_tokens import CountTokensEndpoint
 from megagate.metrics import Metrics, MetricsEndpoint
 from megagate.middleware.access_log import AccessLogMiddleware
 from megagate.middleware.auth import AuthMiddleware, ClientLimitsMiddleware
@@ -32,6 +34,7 @@ from megagate.middleware.rotation import RotationMiddleware
 from megagate.models import ModelsEndpoint
 from megagate.pool import KeyPool, LocalKeyPool
 from megagate.proxy import UpstreamProxy
+from megagate.routing import choose
 from megagate.state import route_format
 from megagate.upstream import Timeouts, Transport
 from megagate.upstream.fast_transport import FastTransport
@@ -116,7 +119,7 @@ class Gateway:
         if config.access_log:
             _log_to_stderr("megagate.access")
         proxy = UpstreamProxy(config=config, transport=self.transport)
-        count_tokens = UpstreamProxy(config=config, transport=self.transport, path=b"/v1/messages/count_tokens")
+        count_tokens = CountTokensEndpoint(proxy, config=config)
         models = ModelsEndpoint(config=config, transport=self.transport, clock=clock)
         routes = [
             Route("/v1/chat/completions", Only(("POST",), proxy)),
@@ -161,7 +164,7 @@ class Gateway:
             ),
             (
                 RotationMiddleware,
-                {"pools": self.pools, "upstream_for": config.upstream_for, "rotation": config.rotation, "clock": clock},
+                {"pools": self.pools, "route": partial(choose, config), "rotation": config.rotation, "clock": clock},
             ),
         ]
         app: ASGIApp = router

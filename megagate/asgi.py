@@ -35,6 +35,26 @@ async def read_body(receive: Receive, limit: int) -> bytes:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+def replay_body(body: bytes, receive: Receive) -> Receive:
+    """A fresh `receive` for one attempt at a request whose body was already read: it delivers `body` whole, then
+    what the real `receive` says next, skipping request-body messages (an outer replay's), so the app sees exactly
+    what ASGI promises: the body, then `http.disconnect` when the client leaves. Rotation, fallback and hedging
+    give one to every attempt, so an app that reads its body works on the second key too."""
+    delivered = False
+
+    async def receive_replayed() -> Message:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return message
+
+    return receive_replayed
+
+
 async def send_json(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
     headers = list(headers) if headers else [(b"content-type", b"application/json")]
     headers.append((b"content-length", str(len(body)).encode()))

@@ -158,15 +158,6 @@ class Config(_Config, frozen=True):
             if len(set(keys)) != len(keys) or not all(keys):
                 raise ConfigError(f"upstreams[{index}].keys: keys must be non-empty and listed once each")
 
-    def upstream_for(self, model: str, fmt: str = "openai") -> UpstreamConfig | None:
-        """The first upstream (in config order) that serves `model` in format `fmt`; failing that, the first that
-        serves it at all (megagate then translates)."""
-        serving = [u for u in self.upstreams if u.serves(model)]
-        for upstream in serving:
-            if upstream.format in (fmt, "both"):
-                return upstream
-        return serving[0] if serving else None
-
     def resolve_alias(self, model: str) -> str:
         return self.aliases.get(model, model)
 

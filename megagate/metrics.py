@@ -68,6 +68,10 @@ class Metrics:
         self.fallbacks = Children(
             Counter("megagate_fallbacks", "Model fallbacks", ["from_model", "to_model"], registry=r)
         )
+        self.local_answers = Children(Counter(
+            "megagate_local_answers", "Answers megagate gave itself (a local token-count estimate)", ["route", "reason"],
+            registry=r,
+        ))  # fmt: skip
         in_flight = Gauge("megagate_in_flight", "Requests and streams in progress", ["kind"], registry=r)
         self.requests_in_flight, self.streams_in_flight = in_flight.labels("request"), in_flight.labels("stream")
         self.key_state = Children(Gauge(

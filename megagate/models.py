@@ -16,6 +16,7 @@ from megagate.core.anthropic import ANTHROPIC_VERSION
 from megagate.core.errors import MegagateError, NotFound, UpstreamError
 from megagate.core.schemas import Model, ModelList, model_list_decoder
 from megagate.proxy import base_path_of, upstream_error
+from megagate.routing import ENDPOINTS, choose
 from megagate.state import route_path
 from megagate.upstream import Origin, Transport
 
@@ -90,7 +91,8 @@ class ModelsEndpoint:
                 failure = exc
                 continue
             for model in listed:
-                if model.id not in merged and self.config.upstream_for(model.id) is upstream:
+                target = choose(self.config, model.id, ENDPOINTS["/v1/chat/completions"])
+                if model.id not in merged and target is not None and target.upstream is upstream:
                     merged[model.id] = model
         if failure is not None and not merged and self._models is not None:
             self._expires_at = self.clock() + min(self.config.models_cache_ttl, 10.0)  # retry soon, serve stale

@@ -16,7 +16,7 @@ import anyio
 import msgspec
 
 from megagate.config import KeyConfig, Rotation
-from megagate.core.errors import NoKeyAvailable
+from megagate.core.errors import NoKeyAvailable, NoUsableKey
 from megagate.core.scheduler import KeyLimits, KeyScheduler, Lease, Outcome
 from megagate.core.secrets import key_id, mask_key
 
@@ -123,6 +123,13 @@ class LocalKeyPool:
             if isinstance(answer, Lease):
                 return KeyLease(self._keys[answer.index], answer.key_id, mask_key(self._keys[answer.index]), answer)
             remaining = deadline - now
+            if answer.refused:
+                retry_after = answer.seconds if answer.seconds is not None else RETRY_AFTER_UNKNOWN
+                raise NoUsableKey(
+                    f"no usable upstream key: refused by the upstream (every key of '{self.upstream}' got 401/403); "
+                    f"the next probe is in {retry_after:.0f} s.",
+                    retry_after=retry_after,
+                )
             if remaining <= 0 or (answer.seconds is not None and answer.seconds > remaining):
                 retry_after = answer.seconds if answer.seconds is not None else RETRY_AFTER_UNKNOWN
                 raise NoKeyAvailable(

@@ -18,7 +18,7 @@ import anyio
 import msgspec
 
 from megagate.asgi import Receive, Scope, Send, send_json
-from megagate.config import Config, UpstreamConfig
+from megagate.config import Config
 from megagate.core.anthropic import ANTHROPIC_VERSION
 from megagate.core.errors import (
     Format,
@@ -29,6 +29,7 @@ from megagate.core.errors import (
 )
 from megagate.disconnect import CancelOnDisconnect
 from megagate.relay import Plan, make_plan, relay_stream, translate_plain, usage_of
+from megagate.routing import choose
 from megagate.state import RequestState, get_state
 from megagate.upstream import Headers, Origin, Transport
 
@@ -87,28 +88,19 @@ def _response_header(headers: Headers, name: bytes) -> bytes | None:
     return None
 
 
-def upstream_format(upstream: UpstreamConfig, client: Format) -> Format:
-    """The format to speak to `upstream`: the client's own when the upstream speaks both."""
-    return client if upstream.format == "both" else upstream.format
-
-
 class UpstreamProxy:
-    """Relay a prepared request (see `RequestState`) to its upstream.
-
-    `path` is None for chat (the upstream's chat or messages endpoint, by format); a fixed path (count_tokens) is
-    only sent to an upstream that speaks the client's format, untranslated."""
+    """Relay a prepared request (see `RequestState`) to the target its attempt was given (`state.target`, chosen
+    by RotationMiddleware; on its own, without rotation, the proxy asks `routing.choose` itself)."""
 
     def __init__(
         self,
         *,
         config: Config,
         transport: Transport,
-        path: bytes | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.transport = transport
-        self.path = path
         self.wall_clock = wall_clock
         self._origins = {u.name: (Origin.from_url(u.origin_url), base_path_of(u.origin_url)) for u in config.upstreams}
 
@@ -116,20 +108,15 @@ class UpstreamProxy:
         state = get_state(scope)
         if state is None:
             raise InvalidRequest("This route expects a JSON request (no request state was prepared).")
-        upstream: UpstreamConfig | None = state.upstream or self.config.upstream_for(state.request.model, state.format)
-        if upstream is None:
+        target = state.target or choose(self.config, state.request.model, state.endpoint)
+        if target is None:
             raise NotFound(
                 f"The model '{state.request.model}' is not served by any configured upstream.", param="model"
             )
-        fmt = upstream_format(upstream, state.format)
-        if self.path is not None and fmt != state.format:
-            raise NotFound(f"The upstream serving '{state.request.model}' does not offer this route.", param="model")
         key = state.api_key
-        if key is None and upstream.keys:
-            key = upstream.key_configs[0].key
-        origin, base_path = self._origins[upstream.name]
-        plan = make_plan(state, fmt, int(self.wall_clock()), self.path)
-        headers = self._headers(scope, key, fmt, state.format)
+        origin, base_path = self._origins[target.upstream.name]
+        plan = make_plan(state, target, int(self.wall_clock()))
+        headers = self._headers(scope, key, target.format, state.format)
         headers.append((b"content-length", str(len(plan.body)).encode()))
         secrets = (key,) if key else ()
         # The client leaving cancels the upstream call at once, not at the next send.

@@ -18,7 +18,14 @@ import msgspec
 
 from megagate.asgi import Send
 from megagate.core import anthropic
-from megagate.core.errors import Format, MegagateError, UpstreamError, UpstreamProtocolError, render_error
+from megagate.core.errors import (
+    Format,
+    InvalidRequest,
+    MegagateError,
+    UpstreamError,
+    UpstreamProtocolError,
+    render_error,
+)
 from megagate.core.schemas import Usage, read_usage
 from megagate.core.sse import ServerSentEvent, SSEDecoder
 from megagate.core.translate import (
@@ -28,6 +35,7 @@ from megagate.core.translate import (
     openai_to_anthropic_response,
 )
 from megagate.core.translate_stream import DONE, AnthropicToOpenAIStream, OpenAIToAnthropicStream
+from megagate.routing import Target
 from megagate.state import RequestState
 
 SSE_HEADERS = [
@@ -35,7 +43,6 @@ SSE_HEADERS = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),  # ask nginx & co. not to buffer the stream
 ]
-UPSTREAM_PATHS: dict[Format, bytes] = {"openai": b"/v1/chat/completions", "anthropic": b"/v1/messages"}
 
 _any = msgspec.json.Decoder(dict[str, Any])
 _encoder = msgspec.json.Encoder()
@@ -58,17 +65,25 @@ class Plan:
         return self.client != self.upstream
 
 
-def make_plan(state: RequestState, upstream: Format, created: int, path: bytes | None = None) -> Plan:
+def make_plan(state: RequestState, target: Target, created: int) -> Plan:
     """What to send where: the request as is, or translated into the upstream's format."""
-    client = state.format
+    client, upstream = state.format, target.format
     body = state.request.encode()
     if client != upstream:
         decoded = _any.decode(body)
-        translated = (
-            anthropic_to_openai_request(decoded) if client == "anthropic" else openai_to_anthropic_request(decoded)
-        )
+        translate = anthropic_to_openai_request if client == "anthropic" else openai_to_anthropic_request
+        try:
+            translated = translate(decoded)
+        except (AttributeError, TypeError, KeyError, ValueError):
+            # Validation owns only what megagate needs, so a field of the wrong shape (a message's content a
+            # number, a tool without its function) reaches the translator; it is the request's fault, told as such.
+            name = "OpenAI" if upstream == "openai" else "Anthropic"
+            raise InvalidRequest(
+                f"The request could not be translated to the {name} format of the upstream serving "
+                f"'{state.request.model}': a message, content block or tool has an unexpected shape."
+            ) from None
         body = _encoder.encode(translated)
-    return Plan(client, upstream, path or UPSTREAM_PATHS[upstream], body, created)
+    return Plan(client, upstream, target.path, body, created)
 
 
 def usage_of(data: bytes, fmt: Format) -> Usage | None:

@@ -9,6 +9,7 @@ from typing import Any
 from megagate.core.errors import Format
 from megagate.core.request import ChatRequest
 from megagate.core.schemas import Usage
+from megagate.routing import Endpoint, Target
 
 SCOPE_KEY = "megagate"
 
@@ -17,9 +18,9 @@ SCOPE_KEY = "megagate"
 class RequestState:
     """What one request has learned so far. Written by the layer that knows it, read by the ones inside it."""
 
-    format: Format
+    endpoint: Endpoint  # what the client asked for, in which format
     request: ChatRequest
-    upstream: Any = None  # megagate.config.UpstreamConfig chosen for this attempt
+    target: Target | None = None  # where this attempt goes: chosen by RotationMiddleware (routing.choose)
     api_key: str | None = None  # the pool key leased for this attempt
     key_id: str | None = None  # its public id, safe to log
     attempts: int = 0
@@ -31,6 +32,13 @@ class RequestState:
     response_started: bool = False
     outcomes: list[tuple[str, str, str]] = field(default_factory=list)  # (upstream, key id, outcome) per attempt
     fallbacks: list[tuple[str, str]] = field(default_factory=list)  # (from model, to model)
+    local_answer: str | None = None  # why megagate answered itself instead of an upstream (count_tokens)
+
+
+    @property
+    def format(self) -> Format:
+        """The client's format: the envelope of its errors and the shape of its answer."""
+        return self.endpoint.format
 
 
 def get_state(scope: MutableMapping[str, Any]) -> RequestState | None:

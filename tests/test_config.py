@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from megagate.routing import ENDPOINTS, choose
 from megagate.config import load_config
 from megagate.core.errors import ConfigError
 
@@ -51,8 +52,9 @@ keys = ["env:MY_KEY", {key = "literal", tier = "pro"}]
     )
     config = load_config({"MEGAGATE_CONFIG": str(path), "MY_KEY": "from-env"})
     assert config.timeouts.connect == 2.5
-    assert config.upstream_for("llama3.3-70b-instruct").name == "local"  # type: ignore[union-attr]
-    assert config.upstream_for("gpt-4").name == "megallm"  # type: ignore[union-attr]
+    chat = ENDPOINTS["/v1/chat/completions"]
+    assert choose(config, "llama3.3-70b-instruct", chat).upstream.name == "local"  # type: ignore[union-attr]
+    assert choose(config, "gpt-4", chat).upstream.name == "megallm"  # type: ignore[union-attr]
     assert [k.key for k in config.upstreams[1].key_configs] == ["from-env", "literal"]
 
 

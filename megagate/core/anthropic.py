@@ -12,17 +12,17 @@ from typing import Any
 
 import msgspec
 
-from megagate.core.request import FALLBACK_RULES, FieldRule, between, rule
+from megagate.core.request import FALLBACK_RULES, FieldRule, at_least, between, rule
 
 ANTHROPIC_VERSION = b"2023-06-01"  # sent upstream when the client named none
 
 # Anthropic's own ranges: temperature is 0..1 here (OpenAI's is 0..2), top_k exists, stop is `stop_sequences`.
 ANTHROPIC_RULES: Mapping[str, FieldRule] = {
     "model": rule(str, "a string", lambda v: None if v else "must not be empty", nullable=False),
-    "max_tokens": rule(int, "an integer", lambda v: None if v >= 1 else f"must be at least 1, got {v!r}"),
+    "max_tokens": rule(int, "an integer", at_least(1)),
     "temperature": rule(float, "a number", between(0, 1)),
     "top_p": rule(float, "a number", between(0, 1)),
-    "top_k": rule(int, "an integer", lambda v: None if v >= 0 else f"must be at least 0, got {v!r}"),
+    "top_k": rule(int, "an integer", at_least(0)),
     "stream": rule(bool, "a boolean"),
     "stop_sequences": rule(list[str], "an array of strings"),
     "system": rule(str | list[dict[str, Any]], "a string or an array of content blocks"),

@@ -68,7 +68,15 @@ class RateLimited(MegagateError):
 
 
 class NoKeyAvailable(RateLimited):
-    """Every upstream key is saturated, cooling or disabled."""
+    """Every upstream key is saturated or cooling."""
+
+
+class NoUsableKey(NoKeyAvailable):
+    """Every upstream key was refused by the upstream (401/403) and waits for its probe: a 503 until then, not a
+    429 that would send clients into a rate-limit backoff."""
+
+    status = 503
+    type = "api_error"
 
 
 class ConfigError(Exception):

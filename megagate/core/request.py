@@ -21,14 +21,15 @@ RawFields = dict[str, msgspec.Raw]
 _fields_decoder = msgspec.json.Decoder(RawFields)
 _encoder = msgspec.json.Encoder()
 
-OPENAI_ROLES = frozenset({"system", "user", "assistant", "tool", "developer", "function"})
-ANTHROPIC_ROLES = frozenset({"user", "assistant"})
+INT64_MAX = 2**63 - 1  # the largest integer an upstream parses; a larger one is the client's error, not the upstream's
 # Fields megagate consumes (MegaLLM's fallback API); they never go upstream.
 FALLBACK_FIELDS = ("fallback_models", "fallback_on_rate_limit", "fallback_on_error")
+# Besides `messages`, what the model reads as prompt (Anthropic's `system`; both formats' `tools`).
+PROMPT_FIELDS = ("system", "tools")
 
 
 class _Role(msgspec.Struct):
-    role: Any = None
+    role: Any = msgspec.UNSET
 
 
 Check = Callable[[Any], str | None]
@@ -53,9 +54,13 @@ def between(low: float, high: float) -> Check:
     return check
 
 
-def _at_least(low: int) -> Check:
+def at_least(low: int) -> Check:
+    """An integer from `low` up to int64's largest (JSON allows any size; the upstreams do not)."""
+
     def check(value: Any) -> str | None:
-        return None if value >= low else f"must be at least {low}, got {value!r}"
+        if value < low:
+            return f"must be at least {low}, got {value!r}"
+        return None if value <= INT64_MAX else f"must be at most {INT64_MAX}, got {value!r}"
 
     return check
 
@@ -78,8 +83,8 @@ OPENAI_RULES: Mapping[str, FieldRule] = {
     "n": rule(int, "an integer", between(1, 10)),
     "presence_penalty": rule(_NUMBER, "a number", between(-2, 2)),
     "frequency_penalty": rule(_NUMBER, "a number", between(-2, 2)),
-    "max_tokens": rule(int, "an integer", _at_least(1)),
-    "max_completion_tokens": rule(int, "an integer", _at_least(1)),
+    "max_tokens": rule(int, "an integer", at_least(1)),
+    "max_completion_tokens": rule(int, "an integer", at_least(1)),
     "stream": rule(bool, "a boolean"),
     **FALLBACK_RULES,
 }
@@ -102,6 +107,12 @@ class ChatRequest:
     fallback_on_rate_limit: bool = True
     fallback_on_error: bool = True
     dirty: bool = field(default=False)
+
+    @property
+    def prompt_tokens(self) -> int:
+        """A rough count of the prompt's tokens: its JSON bytes (messages, system, tools) over four. It plans the
+        key's token window before the upstream's real usage corrects it, and answers a local token count."""
+        return max(1, self.prompt_bytes // 4)
 
     def encode(self) -> bytes:
         """The body to send upstream: the client's bytes unless a field was added, changed or removed."""
@@ -174,7 +185,10 @@ def decode_fields(body: bytes) -> RawFields:
         raise InvalidRequest("The request body is nested too deeply.") from None
 
 
-def _check_messages(fields: RawFields, roles: frozenset[str]) -> int:
+def _check_messages(fields: RawFields) -> int:
+    """`messages` must be a non-empty array of objects, each with a string `role`. Which roles exist is the
+    upstream's to judge (new ones appear with every client release); megagate only needs the role to be a string
+    to route and translate."""
     raw = fields.get("messages")
     if raw is None:
         raise InvalidRequest("Missing required parameter: 'messages'.", param="messages")
@@ -187,10 +201,14 @@ def _check_messages(fields: RawFields, roles: frozenset[str]) -> int:
     if not messages:
         raise InvalidRequest("Invalid 'messages': must contain at least one message.", param="messages")
     for index, message in enumerate(messages):
-        if message.role not in roles:
-            allowed = ", ".join(sorted(roles - {"function"}))
+        if message.role is msgspec.UNSET:
             raise InvalidRequest(
-                f"Invalid value for 'messages[{index}].role': {message.role!r}; expected one of {allowed}.",
+                f"Missing required parameter: 'messages[{index}].role'.", param=f"messages[{index}].role"
+            )
+        if not isinstance(message.role, str):
+            raise InvalidRequest(
+                f"Invalid type for 'messages[{index}].role': expected a string, but got "
+                f"{_describe(_encoder.encode(message.role))}.",
                 param=f"messages[{index}].role",
             )
     return len(raw)
@@ -200,14 +218,13 @@ def prepare_chat_request(
     body: bytes,
     defaults: RequestDefaults,
     rules: Mapping[str, FieldRule] = OPENAI_RULES,
-    roles: frozenset[str] = OPENAI_ROLES,
     required: frozenset[str] = frozenset(),
 ) -> ChatRequest:
     """Validate `body`, fill defaults and lift out what megagate routes on. Raises InvalidRequest.
 
     `required` names fields that must be present once defaults are filled (Anthropic's `max_tokens`)."""
     fields = decode_fields(body)
-    prompt_bytes = _check_messages(fields, roles)
+    prompt_bytes = _check_messages(fields) + sum(len(fields[name]) for name in PROMPT_FIELDS if name in fields)
     values = {name: _check_field(name, raw, rules[name]) for name, raw in fields.items() if name in rules}
     dirty = False
     if values.get("model") is None:

@@ -133,9 +133,12 @@ class Lease:
 
 @dataclass(frozen=True, slots=True)
 class Wait:
-    """No key can serve now. `seconds` until the earliest can, or None if only a release frees one."""
+    """No key can serve now. `seconds` until the earliest can, or None if only a release frees one. `refused`: every
+    candidate key is disabled after a 401/403 (then `seconds` runs to the next probe): no wait, however long, is a
+    rate limit, and the client must not be told it is one."""
 
     seconds: float | None
+    refused: bool = False
 
 
 class KeyScheduler:
@@ -165,6 +168,7 @@ class KeyScheduler:
         """Lease a key for a request for `model` estimated at `tokens`, or say how long until one could serve it."""
         earliest: float | None = None
         candidates: list[int] = []
+        refused = True
         count = len(self.keys)
         for offset in range(count):
             index = (self._cursor + offset) % count
@@ -172,6 +176,7 @@ class KeyScheduler:
                 continue
             key = self.keys[index]
             key.prune(now)
+            refused = refused and key.disabled
             at = key.ready_at(tokens, now, model)
             if at is not None and at <= now:
                 if self.strategy == "round_robin":
@@ -182,7 +187,7 @@ class KeyScheduler:
                 earliest = at
         if candidates:
             return self._lease(self._choose(candidates, now), tokens, now, model)
-        return Wait(None if earliest is None else earliest - now)
+        return Wait(None if earliest is None else earliest - now, refused)
 
     def _choose(self, candidates: list[int], now: float) -> int:
         keys = self.keys

@@ -3,8 +3,13 @@
 Used when the upstream chosen for a model speaks only the other format, so that each client always gets its own
 format back. What maps: system prompt, multi-turn text, images (data URLs ⇄ base64 sources, URLs ⇄ url sources),
 tools and tool choice, tool calls ⇄ tool_use blocks, tool results, stop sequences, sampling parameters, stop
-reasons and usage. What has no counterpart is dropped rather than guessed (OpenAI's `n`, penalties and logprobs;
-Anthropic's `top_k` and thinking blocks). Streams are translated by `core.translate_stream`.
+reasons and usage. Roles: OpenAI `system` / `developer` messages join Anthropic's top-level `system` in order,
+wherever they stand (Anthropic's system prompt is where instructions keep their authority); an Anthropic
+`system`-role message inside `messages` (Claude Code sends them) becomes an OpenAI `system` message at the same
+position. Parameters with no counterpart are dropped rather than guessed (OpenAI's `n`, penalties and logprobs;
+Anthropic's `top_k`), as are assistant `thinking` blocks and `cache_control` marks; a role or content type that
+cannot be represented in the other format is a 400 naming it (`UntranslatableRequest`), never silently lost.
+Streams are translated by `core.translate_stream`.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import Any
 import msgspec
 
 from megagate.core import anthropic
+from megagate.core.errors import InvalidRequest
 from megagate.core.schemas import ChatCompletion, Choice, FunctionCall, ToolCall, Usage
 from megagate.core.schemas import Message as OpenAIMessage
 
@@ -28,7 +34,19 @@ FINISH_TO_STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "too
                   "content_filter": "refusal"}  # fmt: skip
 
 
+# Assistant blocks with no OpenAI counterpart that lose nothing the upstream needs: reasoning the other model cannot
+# verify, server-tool traffic the OpenAI side never ran.
+DROPPED_ASSISTANT_BLOCKS = frozenset({"thinking", "redacted_thinking", "server_tool_use", "web_search_tool_result"})
+
+
 # --- requests -------------------------------------------------------------------------------------------------
+
+
+class UntranslatableRequest(InvalidRequest):
+    """The request uses something the upstream's format cannot express; `param` names it."""
+
+    def __init__(self, param: str, what: str, target: str) -> None:
+        super().__init__(f"Cannot translate '{param}' ({what}) to the {target} format of the upstream.", param=param)
 
 
 def _text_of(content: Any) -> str:
@@ -58,16 +76,18 @@ def _image_to_openai(block: Json) -> Json:
     return {"type": "image_url", "image_url": {"url": source.get("url", "")}}
 
 
-def _user_blocks(content: Any) -> str | list[Json]:
+def _user_blocks(content: Any, where: str) -> str | list[Json]:
     if isinstance(content, str):
         return content
     blocks: list[Json] = []
-    for part in content or []:
+    for index, part in enumerate(content or []):
         kind = part.get("type")
         if kind == "text":
             blocks.append({"type": "text", "text": part.get("text", "")})
         elif kind == "image_url":
             blocks.append(_image_to_anthropic(part))
+        else:
+            raise UntranslatableRequest(f"{where}.content[{index}].type", repr(kind), "Anthropic")
     return blocks
 
 
@@ -101,12 +121,12 @@ def openai_to_anthropic_request(body: Json, default_max_tokens: int = DEFAULT_MA
     """An OpenAI chat request as an Anthropic Messages request."""
     system: list[str] = []
     messages: list[Json] = []
-    for message in body.get("messages", []):
+    for position, message in enumerate(body.get("messages", [])):
         role, content = message.get("role"), message.get("content")
         if role in ("system", "developer"):
             system.append(_text_of(content))
         elif role == "user":
-            _append(messages, "user", _user_blocks(content))
+            _append(messages, "user", _user_blocks(content, f"messages[{position}]"))
         elif role == "assistant":
             blocks: list[Json] = []
             if text := _text_of(content):
@@ -121,6 +141,8 @@ def openai_to_anthropic_request(body: Json, default_max_tokens: int = DEFAULT_MA
         elif role in ("tool", "function"):
             result = {"type": "tool_result", "tool_use_id": message.get("tool_call_id"), "content": _text_of(content)}
             _append(messages, "user", [result])
+        else:
+            raise UntranslatableRequest(f"messages[{position}].role", repr(role), "Anthropic")
     out: Json = {
         "model": body.get("model"),
         "messages": messages,
@@ -175,51 +197,64 @@ def _tool_choice_to_openai(choice: Json) -> Any:
     return {"auto": "auto", "any": "required", "none": "none"}.get(str(kind))
 
 
+def _assistant_to_openai(blocks: list[Json], where: str) -> Json:
+    text, calls = [], []
+    for index, block in enumerate(blocks):
+        kind = block.get("type")
+        if kind == "text":
+            text.append(block.get("text", ""))
+        elif kind == "tool_use":
+            function = {"name": block.get("name"), "arguments": _arguments(block.get("input", {}))}
+            calls.append({"id": block.get("id"), "type": "function", "function": function})
+        elif kind not in DROPPED_ASSISTANT_BLOCKS:
+            raise UntranslatableRequest(f"{where}.content[{index}].type", repr(kind), "OpenAI")
+    assistant: Json = {"role": "assistant", "content": "".join(text) or None}
+    if calls:
+        assistant["tool_calls"] = calls
+    return assistant
+
+
+def _user_to_openai(blocks: list[Json], where: str) -> list[Json]:
+    """Tool results become tool messages (OpenAI wants them right after the assistant's calls), the rest stays one
+    user message."""
+    messages: list[Json] = []
+    parts: list[Json] = []
+    for index, block in enumerate(blocks):
+        kind = block.get("type")
+        if kind == "tool_result":
+            result = {"role": "tool", "tool_call_id": block.get("tool_use_id"), "content": _text_of(block.get("content"))}
+            messages.append(result)
+        elif kind == "text":
+            parts.append({"type": "text", "text": block.get("text", "")})
+        elif kind == "image":
+            parts.append(_image_to_openai(block))
+        else:
+            raise UntranslatableRequest(f"{where}.content[{index}].type", repr(kind), "OpenAI")
+    if parts:
+        only_text = all(p["type"] == "text" for p in parts)
+        messages.append({"role": "user", "content": "".join(p["text"] for p in parts) if only_text else parts})
+    return messages
+
+
 def anthropic_to_openai_request(body: Json) -> Json:
     """An Anthropic Messages request as an OpenAI chat request."""
     messages: list[Json] = []
     system = body.get("system")
     if system:
         messages.append({"role": "system", "content": _text_of(system)})
-    for message in body.get("messages", []):
+    for position, message in enumerate(body.get("messages", [])):
         role, content = message.get("role"), message.get("content")
-        if isinstance(content, str):
+        where = f"messages[{position}]"
+        if role not in ("user", "assistant", "system"):
+            raise UntranslatableRequest(f"{where}.role", repr(role), "OpenAI")
+        if role == "system":  # a mid-conversation system message (Claude Code): same place, same role
+            messages.append({"role": "system", "content": _text_of(content)})
+        elif isinstance(content, str):
             messages.append({"role": role, "content": content})
-            continue
-        blocks = content or []
-        if role == "assistant":
-            text = "".join(b.get("text", "") for b in blocks if b.get("type") == "text")
-            calls = [
-                {"id": b.get("id"), "type": "function",
-                 "function": {"name": b.get("name"), "arguments": _arguments(b.get("input", {}))}}
-                for b in blocks
-                if b.get("type") == "tool_use"
-            ]  # fmt: skip
-            assistant: Json = {"role": "assistant", "content": text or None}
-            if calls:
-                assistant["tool_calls"] = calls
-            messages.append(assistant)
-            continue
-        # user: tool results become tool messages (OpenAI wants them right after the assistant's calls), the rest
-        # stays one user message
-        parts: list[Json] = []
-        for block in blocks:
-            kind = block.get("type")
-            if kind == "tool_result":
-                messages.append(
-                    {
-                        "role": "tool",
-                        "tool_call_id": block.get("tool_use_id"),
-                        "content": _text_of(block.get("content")),
-                    }
-                )
-            elif kind == "text":
-                parts.append({"type": "text", "text": block.get("text", "")})
-            elif kind == "image":
-                parts.append(_image_to_openai(block))
-        if parts:
-            only_text = all(p["type"] == "text" for p in parts)
-            messages.append({"role": "user", "content": "".join(p["text"] for p in parts) if only_text else parts})
+        elif role == "assistant":
+            messages.append(_assistant_to_openai(content or [], where))
+        else:
+            messages.extend(_user_to_openai(content or [], where))
     out: Json = {"model": body.get("model"), "messages": messages}
     if body.get("max_tokens") is not None:
         out["max_tokens"] = body["max_tokens"]

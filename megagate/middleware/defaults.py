@@ -14,18 +14,17 @@ from typing import Any
 
 import anyio
 
-from megagate.asgi import ASGIApp, ClientDisconnected, Message, Receive, Scope, Send, header, read_body, send_error
+from megagate.asgi import ASGIApp, ClientDisconnected, Receive, Scope, Send, header, read_body, replay_body, send_error
 from megagate.config import DEFAULT_MODEL
 from megagate.core.anthropic import ANTHROPIC_RULES
 from megagate.core.errors import InvalidRequest, MegagateError
 from megagate.core.request import (
-    ANTHROPIC_ROLES,
-    OPENAI_ROLES,
     OPENAI_RULES,
     FieldRule,
     RequestDefaults,
     prepare_chat_request,
 )
+from megagate.routing import ENDPOINTS, Endpoint
 from megagate.state import RequestState, route_format, route_path, set_state
 
 CHAT_PATHS = ("/v1/chat/completions",)
@@ -36,10 +35,9 @@ REQUIRED = {"/v1/messages": frozenset({"max_tokens"})}
 
 @dataclass(frozen=True, slots=True)
 class _Profile:
-    """How requests on one path are checked: the format's rules and roles, its defaults, required fields."""
+    """How requests on one path are checked: the format's rules, its defaults, required fields."""
 
     rules: Mapping[str, FieldRule]
-    roles: frozenset[str]
     defaults: RequestDefaults
     required: frozenset[str] = frozenset()
 
@@ -84,13 +82,13 @@ class DefaultsMiddleware:
     ) -> None:
         self.app = app
         openai = _Profile(
-            OPENAI_RULES, OPENAI_ROLES, RequestDefaults.from_values(default_model, defaults or {}, OPENAI_RULES)
+            OPENAI_RULES, RequestDefaults.from_values(default_model, defaults or {}, OPENAI_RULES)
         )
         anthropic_defaults = _anthropic_defaults(default_model, defaults or {})
         self.profiles = {path: openai for path in paths}
         for path in anthropic_paths:
             required = REQUIRED.get(path, frozenset())
-            self.profiles[path] = _Profile(ANTHROPIC_RULES, ANTHROPIC_ROLES, anthropic_defaults, required)
+            self.profiles[path] = _Profile(ANTHROPIC_RULES, anthropic_defaults, required)
         self.aliases = dict(aliases or {})
         self.max_body_bytes = max_body_bytes
         self.body_timeout = body_timeout
@@ -109,7 +107,7 @@ class DefaultsMiddleware:
                 body = await read_body(receive, self.max_body_bytes)
             if body is None:  # a slow drip holds a worker slot: it gets a deadline like everything else
                 raise InvalidRequest(f"The request body did not arrive within {self.body_timeout:g} s.", status=408)
-            request = prepare_chat_request(body, profile.defaults, profile.rules, profile.roles, profile.required)
+            request = prepare_chat_request(body, profile.defaults, profile.rules, profile.required)
         except ClientDisconnected:
             return
         except MegagateError as error:
@@ -117,16 +115,6 @@ class DefaultsMiddleware:
             return
         if request.model in self.aliases:
             request.set_model(self.aliases[request.model])
-        set_state(scope, RequestState(fmt, request))
-        replayed = False
-
-        async def receive_prepared() -> Message:
-            # The app inside sees the prepared body (defaults filled); later calls reach the real receive, so a
-            # client disconnect is still delivered.
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": request.encode(), "more_body": False}
-
-        await self.app(scope, receive_prepared, send)
+        set_state(scope, RequestState(ENDPOINTS.get(route_path(scope)) or Endpoint(fmt), request))
+        # The app inside sees the prepared body (defaults filled); then the real receive, so a disconnect arrives.
+        await self.app(scope, replay_body(request.encode(), receive), send)

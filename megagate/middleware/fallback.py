@@ -16,8 +16,16 @@ from typing import Literal
 
 import anyio
 
-from megagate.asgi import ASGIApp, Message, Receive, Scope, Send, header
-from megagate.core.errors import MegagateError, NoKeyAvailable, NotFound, UpstreamError, UpstreamStatus, UpstreamTimeout
+from megagate.asgi import ASGIApp, Message, Receive, Scope, Send, header, replay_body
+from megagate.core.errors import (
+    MegagateError,
+    NoKeyAvailable,
+    NotFound,
+    NoUsableKey,
+    UpstreamError,
+    UpstreamStatus,
+    UpstreamTimeout,
+)
 from megagate.relay import stream_error_event
 from megagate.state import RequestState, get_state
 
@@ -27,6 +35,8 @@ DEADLINE_HEADER = b"x-megagate-timeout"  # a client may shorten (never lengthen)
 
 def fallback_reason(error: MegagateError) -> Literal["rate_limit", "error"] | None:
     """Which `fallback_on_*` switch governs falling back from `error`; None: it never falls back."""
+    if isinstance(error, NoUsableKey):
+        return "error"
     if isinstance(error, NoKeyAvailable):
         return "rate_limit"
     if isinstance(error, UpstreamStatus):
@@ -98,9 +108,8 @@ class FallbackMiddleware:
                 logger.info("falling back from %s to %s", request.model, model)
                 state.fallbacks.append((request.model, model))
                 request.set_model(model)
-                state.upstream = None
             try:
-                await self.app(scope, receive, send)
+                await self.app(scope, replay_body(request.encode(), receive), send)
                 return
             except NotFound:
                 if index == 0 or state.response_started:

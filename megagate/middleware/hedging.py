@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import anyio
 
-from megagate.asgi import ASGIApp, Message, Receive, Scope, Send
+from megagate.asgi import ASGIApp, Message, Receive, Scope, Send, replay_body
 from megagate.config import Hedging
 from megagate.state import RequestState, get_state, set_state
 
@@ -71,7 +71,8 @@ class HedgingMiddleware:
 
             with attempt.cancel_scope:
                 try:
-                    await self.app(attempt.scope, receive_disconnect, send_if_first)
+                    body = replay_body(attempt.state.request.encode(), receive_disconnect)
+                    await self.app(attempt.scope, body, send_if_first)
                 except Exception as error:  # noqa: BLE001 -- kept, and raised below unless the other attempt wins
                     attempt.error = error
             attempt.settled.set()
@@ -101,7 +102,7 @@ def _merge(state: RequestState, chosen: _Attempt) -> None:
     state.served_model = chosen.state.served_model
     state.usage = chosen.state.usage
     state.key_id = chosen.state.key_id
-    state.upstream = chosen.state.upstream
+    state.target = chosen.state.target
     state.response_started = chosen.state.response_started
 
 

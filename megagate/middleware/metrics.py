@@ -74,5 +74,7 @@ class MetricsMiddleware:
             metrics.tokens(served, client, "completion").inc(state.usage.completion_tokens)
         for upstream, key_id, outcome in state.outcomes:
             metrics.attempts(upstream, key_id, outcome).inc()
+        if state.local_answer is not None:
+            metrics.local_answers(route, state.local_answer).inc()
         for source, target in state.fallbacks:
             metrics.fallbacks(metrics.model_label(source), metrics.model_label(target)).inc()

@@ -13,11 +13,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
-from typing import Any
 
 import anyio
 
-from megagate.asgi import ASGIApp, Receive, Scope, Send
+from megagate.asgi import ASGIApp, Receive, Scope, Send, replay_body
 from megagate.config import Rotation
 from megagate.core.errors import (
     MegagateError,
@@ -30,6 +29,7 @@ from megagate.core.errors import (
 from megagate.core.request import ChatRequest
 from megagate.core.scheduler import Outcome
 from megagate.pool import KeyPool
+from megagate.routing import Endpoint, Target
 from megagate.state import RequestState, get_state
 
 RETRIED = frozenset({Outcome.RATE_LIMITED, Outcome.AUTH_FAILED, Outcome.SERVER_ERROR, Outcome.CONNECT_ERROR})
@@ -54,42 +54,42 @@ def outcome_for(error: UpstreamError) -> Outcome:
 
 
 def estimate_tokens(request: ChatRequest, default_max_tokens: int) -> int:
-    """Prompt characters / 4 (bytes as a cheap proxy) plus the completion budget; real usage corrects it later."""
+    """The prompt's estimate plus the completion budget; real usage corrects it later."""
     completion = request.max_tokens if request.max_tokens is not None else default_max_tokens
-    return request.prompt_bytes // 4 + completion
+    return request.prompt_tokens + completion
 
 
 class RotationMiddleware:
     """Spread requests over a pool of upstream keys.
 
-    `pools` maps upstream names to their KeyPool; the upstream of a request is `state.upstream` if an outer layer
-    chose it, else `upstream_for(model, format)`. With a single pool and no `upstream_for`, every request uses that pool,
-    which is how it is embedded on its own in front of some other app that reads `state.api_key`."""
+    `pools` maps upstream names to their KeyPool. Each attempt's target is `route(model, endpoint)` (megagate's is
+    `routing.choose` over its config), recorded in `state.target` for the proxy to read; no target (an endpoint no
+    upstream serves, a local answer) takes no lease. Without `route`, a single pool serves every request, which is
+    how it is embedded on its own in front of some other app that reads `state.api_key`."""
 
     def __init__(
         self,
         app: ASGIApp,
         *,
         pools: Mapping[str, KeyPool],
-        upstream_for: Callable[[str, str], Any] | None = None,
+        route: Callable[[str, Endpoint], Target | None] | None = None,
         rotation: Rotation | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         rotation = rotation or Rotation()
         self.app = app
         self.pools = dict(pools)
-        self.upstream_for = upstream_for
+        self.route = route
         self.max_attempts = rotation.max_attempts
         self.max_wait = rotation.max_wait
         self.default_max_tokens = rotation.default_max_tokens
         self.clock = clock
 
     def _pool(self, state: RequestState) -> KeyPool | None:
-        if state.upstream is None and self.upstream_for is not None:
-            state.upstream = self.upstream_for(state.request.model, state.format)
-        if state.upstream is not None:
-            return self.pools.get(state.upstream.name)
-        return next(iter(self.pools.values())) if len(self.pools) == 1 else None
+        if self.route is None:
+            return next(iter(self.pools.values())) if len(self.pools) == 1 else None
+        state.target = self.route(state.request.model, state.endpoint)
+        return self.pools.get(state.target.upstream.name) if state.target is not None else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = get_state(scope) if scope["type"] == "http" else None
@@ -120,7 +120,7 @@ class RotationMiddleware:
             state.usage = None
             outcome, retry_after, error = Outcome.CANCELLED, None, None
             try:
-                await self.app(scope, receive, send)
+                await self.app(scope, replay_body(state.request.encode(), receive), send)
                 outcome = Outcome.SUCCESS
                 return
             except UpstreamError as failure:
@@ -133,7 +133,7 @@ class RotationMiddleware:
                 raise
             finally:
                 state.api_key = None
-                state.outcomes.append((state.upstream.name if state.upstream else "", lease.id, outcome.value))
+                state.outcomes.append((state.target.upstream.name if state.target else "", lease.id, outcome.value))
                 used = state.usage.total_tokens if state.usage is not None else None
                 # Cancelled (or crashed): shield the release so the slot returns. Otherwise no scope: it costs.
                 with anyio.CancelScope(shield=True) if outcome is Outcome.CANCELLED else nullcontext():

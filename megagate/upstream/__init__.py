@@ -117,3 +117,20 @@ async def read_limited(chunks: AsyncIterator[bytes], limit: int) -> bytes:
             raise UpstreamProtocolError(f"upstream body larger than {limit} bytes")
         parts.append(chunk)
     return b"".join(parts)
+
+
+def connection_failure(exc: BaseException) -> UpstreamProtocolError:
+    """What broke, in words: anyio wraps the OS's error (`BrokenResourceError` from `ConnectionResetError`), whose
+    own text is often empty, so the cause is looked up and named."""
+    cause = exc.__cause__ or exc.__context__ or exc
+    for error in (exc, cause):
+        if isinstance(error, ConnectionResetError):
+            return UpstreamProtocolError("the upstream reset the connection")
+        if isinstance(error, BrokenPipeError):
+            return UpstreamProtocolError("the upstream closed the connection while megagate was sending")
+        if isinstance(error, ConnectionAbortedError):
+            return UpstreamProtocolError("the upstream connection was aborted")
+    if isinstance(exc, anyio.ClosedResourceError):
+        return UpstreamProtocolError("the upstream connection was closed")
+    detail = str(cause) or type(cause).__name__
+    return UpstreamProtocolError(f"upstream connection failed ({type(cause).__name__}: {detail})")

@@ -23,7 +23,7 @@ import anyio
 import httptools
 
 from megagate.core.errors import UpstreamConnectError, UpstreamError, UpstreamProtocolError, UpstreamTimeout
-from megagate.upstream import Headers, Origin, OriginSlots, Timeouts, read_limited
+from megagate.upstream import Headers, Origin, OriginSlots, Timeouts, connection_failure, read_limited
 from megagate.upstream.streams import ByteStream, open_stream
 
 IDLE_EXPIRY = 30.0
@@ -122,7 +122,7 @@ async def _mapped(awaitable: Any) -> Any:
     except TimeoutError:
         raise UpstreamTimeout("upstream timed out") from None
     except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError, ssl.SSLError) as exc:
-        raise UpstreamProtocolError(f"upstream connection failed ({type(exc).__name__}: {exc})") from None
+        raise connection_failure(exc) from None
 
 
 def _encode_request(method: bytes, target: bytes, host: bytes, headers: Headers, body: bytes) -> bytes:

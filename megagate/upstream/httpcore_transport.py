@@ -19,10 +19,9 @@ import httpcore
 from megagate.core.errors import (
     UpstreamConnectError,
     UpstreamError,
-    UpstreamProtocolError,
     UpstreamTimeout,
 )
-from megagate.upstream import Headers, Origin, OriginSlots, Timeouts, read_limited
+from megagate.upstream import Headers, Origin, OriginSlots, Timeouts, connection_failure, read_limited
 
 KEEPALIVE_EXPIRY = 60.0
 
@@ -41,7 +40,7 @@ def map_exceptions() -> Iterator[None]:
     except httpcore.TimeoutException as exc:
         raise UpstreamTimeout(f"upstream timed out ({type(exc).__name__})") from exc
     except (httpcore.NetworkError, httpcore.ProtocolError) as exc:
-        raise UpstreamProtocolError(f"upstream connection failed ({type(exc).__name__}: {exc})") from exc
+        raise connection_failure(exc) from exc
 
 
 class _Response:

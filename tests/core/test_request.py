@@ -75,7 +75,10 @@ def test_null_optional_params_are_accepted() -> None:
         ({"messages": []}, "messages"),
         ({"messages": [1]}, "messages"),
         ({"messages": [{"content": "x"}]}, "messages[0].role"),
-        ({"messages": [*USER, {"role": "wizard"}]}, "messages[1].role"),
+        ({"messages": [*USER, {"role": ["user"]}]}, "messages[1].role"),
+        ({"messages": [*USER, {"role": None}]}, "messages[1].role"),
+        ({"max_tokens": 10**30}, "max_tokens"),
+        ({"max_completion_tokens": 2**63}, "max_completion_tokens"),
         ({"fallback_models": "b"}, "fallback_models"),
     ],
 )
@@ -83,6 +86,17 @@ def test_invalid_fields_name_their_param(extra: dict[str, Any], param: str) -> N
     with pytest.raises(InvalidRequest) as caught:
         prepare({"messages": USER, **extra})
     assert caught.value.param == param and caught.value.status == 400
+
+
+@pytest.mark.parametrize("role", ["developer", "tool", "function", "system", "critic", "a role from next year"])
+def test_roles_megagate_does_not_know_pass_through(role: str) -> None:
+    """Which roles exist is the upstream's to judge: any string role is forwarded byte for byte."""
+    body = msgspec.json.encode({"messages": [*USER, {"role": role, "content": "x"}], "model": "m"})
+    assert prepare(body).encode() == body
+
+
+def test_largest_int64_max_tokens_is_accepted() -> None:
+    assert prepare({"messages": USER, "max_tokens": 2**63 - 1}).max_tokens == 2**63 - 1
 
 
 @pytest.mark.parametrize("body", [b"", b"{", b"[]", b"null", b"42", b'"s"', b"\xff\xfe", b'{"messages": [}'])

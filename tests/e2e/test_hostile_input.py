@@ -98,7 +98,8 @@ CASES: dict[str, tuple[bytes, int, str]] = {
     "messages a string": (chat(with_messages(messages="hi")), 400, "openai"),
     "messages empty": (chat(with_messages(messages=[])), 400, "openai"),
     "message a string": (chat(with_messages(messages=["hi"])), 400, "openai"),
-    "unknown role": (chat(with_messages(messages=[{"role": "wizard", "content": "x"}])), 400, "openai"),
+    "role a number": (chat(with_messages(messages=[{"role": 7, "content": "x"}])), 400, "openai"),
+    "role an object": (chat(with_messages(messages=[{"role": {"name": "user"}, "content": "x"}])), 400, "openai"),
     "missing role": (chat(with_messages(messages=[{"content": "x"}])), 400, "openai"),
     "model a number": (chat(with_messages(model=123)), 400, "openai"),
     "model empty": (chat(with_messages(model="")), 400, "openai"),
@@ -131,8 +132,8 @@ CASES: dict[str, tuple[bytes, int, str]] = {
     "GET on a POST route": (b"GET /v1/chat/completions HTTP/1.1\r\nhost: x\r\n\r\n", 405, "openai"),
     "unknown route": (post("/v1/nothing", b"{}"), 404, "openai"),
     "anthropic: no max_tokens": (messages({k: v for k, v in MESSAGES.items() if k != "max_tokens"}), 400, "anthropic"),
-    "anthropic: system role": (
-        messages({**MESSAGES, "messages": [{"role": "system", "content": "x"}]}),
+    "anthropic: a role that is not a string": (
+        messages({**MESSAGES, "messages": [{"role": ["user"], "content": "x"}]}),
         400,
         "anthropic",
     ),

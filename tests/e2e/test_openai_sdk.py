@@ -142,7 +142,7 @@ async def test_streamed_tool_call_arguments_arrive_whole(gateway: Process, fake:
     [
         ({"messages": []}, "messages"),
         ({"model": "gpt-4"}, "messages"),
-        ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
+        ({"messages": [{"role": ["user"], "content": "x"}]}, "messages[0].role"),
         ({"messages": [{"role": "user", "content": "x"}], "temperature": 2.5}, "temperature"),
         ({"messages": [{"role": "user", "content": "x"}], "top_p": -0.1}, "top_p"),
         ({"messages": [{"role": "user", "content": "x"}], "n": 11}, "n"),

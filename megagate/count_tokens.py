@@ -1,0 +1,55 @@
+"""`POST /v1/messages/count_tokens`: relayed to an Anthropic-format upstream serving the model, else estimated here.
+
+Claude Code and the anthropic SDK ask for token counts; MegaLLM and OpenAI-format upstreams have no such route. A
+client that gets an error here stalls or gives up, so the count always answers: from the upstream when one speaks
+Anthropic's format (untranslated, with a pool key), otherwise, or when that upstream answers 404/405/501, from a
+local estimate (`core.request.ChatRequest.prompt_tokens`, about four bytes of JSON per token). A local answer
+takes no key lease and is counted in metrics (`megagate_local_answers_total`).
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from megagate.asgi import ASGIApp, Receive, Scope, Send, send_json
+from megagate.config import Config
+from megagate.core.errors import InvalidRequest, UpstreamStatus
+from megagate.routing import choose
+from megagate.state import RequestState, get_state
+
+# An upstream without the route: answered here instead.
+NOT_OFFERED = frozenset({404, 405, 501})
+_encoder = msgspec.json.Encoder()
+
+
+class _Count(msgspec.Struct):
+    input_tokens: int
+
+
+class CountTokensEndpoint:
+    """Count with `proxy` (an UpstreamProxy) where an upstream can, estimate locally where none can."""
+
+    def __init__(self, proxy: ASGIApp, *, config: Config) -> None:
+        self.proxy = proxy
+        self.config = config
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = get_state(scope)
+        if state is None:
+            raise InvalidRequest("This route expects a JSON request (no request state was prepared).")
+        if (state.target or choose(self.config, state.request.model, state.endpoint)) is None:
+            await _answer_locally(state, send, "no_upstream")
+            return
+        try:
+            await self.proxy(scope, receive, send)
+        except UpstreamStatus as error:
+            if error.upstream_status not in NOT_OFFERED or state.response_started:
+                raise
+            await _answer_locally(state, send, f"upstream_{error.upstream_status}")
+
+
+async def _answer_locally(state: RequestState, send: Send, reason: str) -> None:
+    state.local_answer = reason
+    state.response_started = True
+    body = _encoder.encode(_Count(state.request.prompt_tokens))
+    await send_json(send, 200, body, [(b"content-type", b"application/json"), (b"x-megagate-estimate", b"true")])

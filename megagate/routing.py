@@ -1,0 +1,61 @@
+"""The one place that decides where an attempt goes: which upstream, in which format, at which path.
+
+A request arrives on an `Endpoint` (what it asks for, in which client format). `choose` turns (model, endpoint)
+into a `Target`: the first upstream serving the model in the client's own format, else the first serving it at all
+(megagate then translates), and the upstream path for that format. An endpoint only an upstream of one format can
+serve (Anthropic's token count) has no target elsewhere: `choose` says None and the route answers locally.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from megagate.config import Config, UpstreamConfig
+from megagate.core.errors import Format
+
+Operation = Literal["chat", "count_tokens"]
+UPSTREAM_PATHS: dict[Format, bytes] = {"openai": b"/v1/chat/completions", "anthropic": b"/v1/messages"}
+COUNT_TOKENS_PATH = b"/v1/messages/count_tokens"
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """What a client route asks for: an `operation` in the client's `format` (whose envelope its errors use)."""
+
+    format: Format
+    operation: Operation = "chat"
+
+
+ENDPOINTS: dict[str, Endpoint] = {
+    "/v1/chat/completions": Endpoint("openai"),
+    "/v1/messages": Endpoint("anthropic"),
+    "/v1/messages/count_tokens": Endpoint("anthropic", "count_tokens"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where one attempt is sent: the upstream, the format spoken to it, and the path."""
+
+    upstream: UpstreamConfig
+    format: Format
+    path: bytes
+
+
+def speaks(upstream: UpstreamConfig, fmt: Format) -> bool:
+    return upstream.format in (fmt, "both")
+
+
+def choose(config: Config, model: str, endpoint: Endpoint) -> Target | None:
+    """The target for `model` on `endpoint`, or None when no upstream can serve it."""
+    serving = [u for u in config.upstreams if u.serves(model)]
+    if endpoint.operation == "count_tokens":  # only an Anthropic-format upstream counts tokens; no translation
+        upstream = next((u for u in serving if speaks(u, "anthropic")), None)
+        return Target(upstream, "anthropic", COUNT_TOKENS_PATH) if upstream is not None else None
+    upstream = next((u for u in serving if speaks(u, endpoint.format)), serving[0] if serving else None)
+    if upstream is None:
+        return None
+    other: Format = "openai" if upstream.format == "openai" else "anthropic"
+    fmt = endpoint.format if speaks(upstream, endpoint.format) else other
+    return Target(upstream, fmt, UPSTREAM_PATHS[fmt])
