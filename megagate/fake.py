@@ -97,6 +97,8 @@ class Fault(msgspec.Struct, kw_only=True, omit_defaults=True):
     drop_after: int | None = None  # streams: drop the connection after this many content events
     error_after: int | None = None  # streams: send an error event after this many content events
     stall_after: int | None = None  # streams: go silent (connection open) after this many content events
+    tool: str | None = None  # call this tool (when offered) instead of the first one, with `tool_input`
+    tool_input: dict[str, Any] | None = None
 
 
 class Rule(msgspec.Struct, kw_only=True):
@@ -203,9 +205,9 @@ class FakeUpstream:
             if payload.get("stream"):
                 await fake_anthropic.stream(ident, payload, words, fault, send)
             else:
-                await _send_json(send, 200, fake_anthropic.message(ident, payload, words))
+                await _send_json(send, 200, fake_anthropic.message(ident, payload, words, fault))
             return
-        tool = _first_tool(payload)
+        tool = _first_tool(payload, fault)
         usage = Usage(len(_encoder.encode(payload.get("messages"))) // 4, len(words))
         usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
         ident = f"chatcmpl-fake-{next(self._ids)}"
@@ -294,14 +296,16 @@ def answer_words(length: int | None) -> list[str]:
     return [WORDS[i % len(WORDS)] + ("" if i == count - 1 else " ") for i in range(count)]
 
 
-def _first_tool(payload: dict[str, Any]) -> tuple[str, str] | None:
-    """Call the first tool offered, unless the conversation already ends with a tool result."""
+def _first_tool(payload: dict[str, Any], fault: Fault) -> tuple[str, str] | None:
+    """Call the tool the fault names (else the first offered), unless the conversation already ends with a tool
+    result."""
     tools = payload.get("tools")
     messages = payload.get("messages") or [{}]
     if not tools or payload.get("tool_choice") == "none" or messages[-1].get("role") == "tool":
         return None
-    name = tools[0].get("function", {}).get("name", "tool")
-    return name, '{"location": "Paris", "unit": "celsius"}'
+    names = [t.get("function", {}).get("name", "tool") for t in tools if isinstance(t, dict)]
+    name = fault.tool if fault.tool is not None and fault.tool in names else names[0] if names else "tool"
+    return str(name), _encoder.encode(fault.tool_input or fake_anthropic.TOOL_INPUT).decode()
 
 
 def _key_of(headers: dict[str, str]) -> str | None:

@@ -25,26 +25,29 @@ def error_body(status: int, message: str) -> bytes:
     return _encoder.encode({"type": "error", "error": {"type": kind, "message": message}})
 
 
-def first_tool(payload: dict[str, Any]) -> str | None:
-    """Call the first tool offered, unless the conversation already ends with a tool result."""
+def first_tool(payload: dict[str, Any], fault: Any) -> tuple[str, Any] | None:
+    """Call the tool the fault names (else the first offered), unless the conversation already ends with a tool
+    result. Returns the tool's name and input."""
     tools = payload.get("tools")
     messages = payload.get("messages") or [{}]
     content = messages[-1].get("content")
     answered = isinstance(content, list) and any(b.get("type") == "tool_result" for b in content if isinstance(b, dict))
     if not tools or answered or (payload.get("tool_choice") or {}).get("type") == "none":
         return None
-    return str(tools[0].get("name", "tool"))
+    names = [str(t.get("name", "tool")) for t in tools if isinstance(t, dict)]
+    name = fault.tool if fault.tool is not None and fault.tool in names else names[0] if names else "tool"
+    return name, fault.tool_input or TOOL_INPUT
 
 
 def count_tokens(payload: dict[str, Any]) -> bytes:
     return _encoder.encode({"input_tokens": len(_encoder.encode(payload.get("messages"))) // 4})
 
 
-def message(ident: str, payload: dict[str, Any], words: list[str]) -> bytes:
-    tool = first_tool(payload)
+def message(ident: str, payload: dict[str, Any], words: list[str], fault: Any) -> bytes:
+    tool = first_tool(payload, fault)
     usage = {"input_tokens": len(_encoder.encode(payload.get("messages"))) // 4, "output_tokens": len(words)}
     if tool is not None:
-        content: list[dict[str, Any]] = [{"type": "tool_use", "id": "toolu_fake_1", "name": tool, "input": TOOL_INPUT}]
+        content: list[dict[str, Any]] = [{"type": "tool_use", "id": "toolu_fake_1", "name": tool[0], "input": tool[1]}]
         stop = "tool_use"
     else:
         content, stop = [{"type": "text", "text": "".join(words)}], "end_turn"
@@ -53,7 +56,7 @@ def message(ident: str, payload: dict[str, Any], words: list[str]) -> bytes:
 
 
 async def stream(ident: str, payload: dict[str, Any], words: list[str], fault: Any, send: Any) -> None:
-    tool = first_tool(payload)
+    tool = first_tool(payload, fault)
     input_tokens = len(_encoder.encode(payload.get("messages"))) // 4
 
     async def emit(body: bytes, more: bool = True) -> None:
@@ -64,8 +67,8 @@ async def stream(ident: str, payload: dict[str, Any], words: list[str], fault: A
              "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": input_tokens, "output_tokens": 1}}  # fmt: skip
     await emit(event("message_start", {"message": start}) + event("ping", {}))
     if tool is not None:
-        block = {"type": "tool_use", "id": "toolu_fake_1", "name": tool, "input": {}}
-        arguments = _encoder.encode(TOOL_INPUT).decode()
+        block = {"type": "tool_use", "id": "toolu_fake_1", "name": tool[0], "input": {}}
+        arguments = _encoder.encode(tool[1]).decode()
         step = max(1, len(arguments) // 3)
         deltas = [
             {"type": "input_json_delta", "partial_json": arguments[i : i + step]}

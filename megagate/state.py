@@ -34,7 +34,6 @@ class RequestState:
     fallbacks: list[tuple[str, str]] = field(default_factory=list)  # (from model, to model)
     local_answer: str | None = None  # why megagate answered itself instead of an upstream (count_tokens)
 
-
     @property
     def format(self) -> Format:
         """The client's format: the envelope of its errors and the shape of its answer."""

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from megagate.routing import ENDPOINTS, choose
 from megagate.config import load_config
 from megagate.core.errors import ConfigError
+from megagate.routing import ENDPOINTS, choose
 
 
 def test_simple_mode_reads_keys_base_url_and_default_model() -> None:

@@ -222,7 +222,11 @@ def _user_to_openai(blocks: list[Json], where: str) -> list[Json]:
     for index, block in enumerate(blocks):
         kind = block.get("type")
         if kind == "tool_result":
-            result = {"role": "tool", "tool_call_id": block.get("tool_use_id"), "content": _text_of(block.get("content"))}
+            result = {
+                "role": "tool",
+                "tool_call_id": block.get("tool_use_id"),
+                "content": _text_of(block.get("content")),
+            }
             messages.append(result)
         elif kind == "text":
             parts.append({"type": "text", "text": block.get("text", "")})

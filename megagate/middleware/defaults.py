@@ -81,9 +81,7 @@ class DefaultsMiddleware:
         body_timeout: float = 30.0,
     ) -> None:
         self.app = app
-        openai = _Profile(
-            OPENAI_RULES, RequestDefaults.from_values(default_model, defaults or {}, OPENAI_RULES)
-        )
+        openai = _Profile(OPENAI_RULES, RequestDefaults.from_values(default_model, defaults or {}, OPENAI_RULES))
         anthropic_defaults = _anthropic_defaults(default_model, defaults or {})
         self.profiles = {path: openai for path in paths}
         for path in anthropic_paths:

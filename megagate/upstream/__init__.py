@@ -120,17 +120,21 @@ async def read_limited(chunks: AsyncIterator[bytes], limit: int) -> bytes:
 
 
 def connection_failure(exc: BaseException) -> UpstreamProtocolError:
-    """What broke, in words: anyio wraps the OS's error (`BrokenResourceError` from `ConnectionResetError`), whose
-    own text is often empty, so the cause is looked up and named."""
-    cause = exc.__cause__ or exc.__context__ or exc
-    for error in (exc, cause):
+    """What broke, in words: libraries wrap the OS's error (httpcore's `ReadError` from anyio's
+    `BrokenResourceError` from `ConnectionResetError`), whose own text is often empty, so the chain is searched."""
+    chain: list[BaseException] = []
+    link: BaseException | None = exc
+    while link is not None and link not in chain:
+        chain.append(link)
+        link = link.__cause__ or link.__context__
+    for error in chain:
         if isinstance(error, ConnectionResetError):
             return UpstreamProtocolError("the upstream reset the connection")
         if isinstance(error, BrokenPipeError):
             return UpstreamProtocolError("the upstream closed the connection while megagate was sending")
         if isinstance(error, ConnectionAbortedError):
             return UpstreamProtocolError("the upstream connection was aborted")
-    if isinstance(exc, anyio.ClosedResourceError):
-        return UpstreamProtocolError("the upstream connection was closed")
-    detail = str(cause) or type(cause).__name__
-    return UpstreamProtocolError(f"upstream connection failed ({type(cause).__name__}: {detail})")
+    if any(isinstance(error, (anyio.BrokenResourceError, anyio.ClosedResourceError)) for error in chain):
+        return UpstreamProtocolError("the upstream closed the connection")
+    root = chain[-1]
+    return UpstreamProtocolError(f"upstream connection failed ({type(root).__name__}: {root or 'no detail'})")

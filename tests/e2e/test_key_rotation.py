@@ -8,6 +8,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import msgspec
@@ -119,3 +120,57 @@ async def test_admin_keys_needs_the_token_and_shows_masks_only(rotating_gateway:
 
 async def test_admin_routes_are_absent_without_an_admin_token(gateway: Process) -> None:
     assert admin_keys(gateway)[0] == 404
+
+
+async def test_every_key_refused_is_a_503_until_the_probe_not_a_rate_limit(
+    rotating_gateway: Process, fake: FakeControl
+) -> None:
+    """A 401/403 on every key says the keys are bad, not busy: 503 with Retry-After to the next probe, no 429."""
+    fake.add_rule({"status": 401, "message": "invalid key"})
+    async with sdk(rotating_gateway) as client:
+        with pytest.raises(openai.APIStatusError) as caught:
+            await ask(client)
+        assert caught.value.status_code == 502  # the first request is told what the upstream said
+        fake.reset()
+        with pytest.raises(openai.APIStatusError) as caught:
+            await ask(client)
+    assert caught.value.status_code == 503 and not isinstance(caught.value, openai.RateLimitError)
+    assert "no usable upstream key: refused by the upstream" in caught.value.message
+    assert 590 <= int(caught.value.response.headers["retry-after"]) <= 600  # probe_interval defaults to 600 s
+    assert fake.requests() == []
+
+
+async def test_a_local_token_count_takes_no_key(fake_upstream: Process, fake: FakeControl, tmp_path: Path) -> None:
+    """count_tokens for a model only an OpenAI-format upstream serves: answered here, no lease, no upstream call;
+    an Anthropic-format upstream that 404s the route gets the same local answer."""
+    import anthropic
+
+    config = f"""admin_token = "{ADMIN_TOKEN}"
+[[upstreams]]
+name = "openai-only"
+base_url = "{fake_upstream.url}"
+format = "openai"
+models = ["gpt-*"]
+keys = ["{KEY_A}"]
+
+[[upstreams]]
+name = "anthropic-no-count"
+base_url = "{fake_upstream.url}"
+format = "anthropic"
+models = ["claude-*"]
+keys = ["{KEY_B}"]
+"""
+    gateway = start_gateway(tmp_path, config)
+    try:
+        fake.add_rule({"status": 404}, path="/v1/messages/count_tokens")
+        messages: Any = [{"role": "user", "content": "count these words please"}]
+        async with anthropic.AsyncAnthropic(base_url=gateway.url, api_key="x", max_retries=0) as client:
+            local = await client.messages.count_tokens(model="gpt-5", messages=messages)
+            assert local.input_tokens > 0 and fake.requests() == []
+            keys = {k["upstream"]: k for k in msgspec.json.decode(admin_keys(gateway)[1])["data"]}
+            assert keys["openai-only"]["requests_last_minute"] == 0 and keys["openai-only"]["in_flight"] == 0
+            after_404 = await client.messages.count_tokens(model="claude-x", messages=messages)
+            assert after_404.input_tokens == local.input_tokens  # the same estimate, whichever way it came
+            assert [r["path"] for r in fake.requests()] == ["/v1/messages/count_tokens"]
+    finally:
+        gateway.stop()

@@ -19,6 +19,7 @@ from megagate.core.errors import (
 from megagate.core.request import OPENAI_RULES, RequestDefaults, prepare_chat_request
 from megagate.middleware.errors import ErrorsMiddleware
 from megagate.middleware.fallback import FallbackMiddleware
+from megagate.routing import ENDPOINTS
 from megagate.state import RequestState, get_state, set_state
 from tests.middleware.asgi_helpers import Recorder, http_scope, receiver
 
@@ -60,7 +61,7 @@ class ScriptedModels:
 async def call(app: Any, body: dict[str, Any], headers: list[tuple[bytes, bytes]] | None = None, **options: Any):
     stack = ErrorsMiddleware(FallbackMiddleware(app, **options))
     scope = http_scope("/v1/chat/completions", headers=headers)
-    state = RequestState("openai", prepare_chat_request(msgspec.json.encode(body), DEFAULTS))
+    state = RequestState(ENDPOINTS["/v1/chat/completions"], prepare_chat_request(msgspec.json.encode(body), DEFAULTS))
     set_state(scope, state)
     recorder = Recorder()
     await stack(scope, receiver(b""), recorder)

@@ -11,6 +11,7 @@ from megagate.core.errors import UpstreamStatus
 from megagate.core.request import OPENAI_RULES, RequestDefaults, prepare_chat_request
 from megagate.middleware.errors import ErrorsMiddleware
 from megagate.middleware.hedging import HedgingMiddleware
+from megagate.routing import ENDPOINTS
 from megagate.state import RequestState, get_state, set_state
 from tests.middleware.asgi_helpers import Recorder, http_scope, receiver
 
@@ -52,7 +53,10 @@ class Attempts:
 
 async def call(app: Any, delay: float = 0.1) -> tuple[Recorder, RequestState]:
     scope = http_scope("/v1/chat/completions")
-    state = RequestState("openai", prepare_chat_request(b'{"messages":[{"role":"user","content":"x"}]}', DEFAULTS))
+    state = RequestState(
+        ENDPOINTS["/v1/chat/completions"],
+        prepare_chat_request(b'{"messages":[{"role":"user","content":"x"}]}', DEFAULTS),
+    )
     set_state(scope, state)
     recorder = Recorder()
     with anyio.fail_after(3):

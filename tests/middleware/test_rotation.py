@@ -19,6 +19,7 @@ from megagate.core.request import OPENAI_RULES, RequestDefaults, prepare_chat_re
 from megagate.middleware.errors import ErrorsMiddleware
 from megagate.middleware.rotation import RotationMiddleware, estimate_tokens
 from megagate.pool import LocalKeyPool
+from megagate.routing import ENDPOINTS
 from megagate.state import RequestState, get_state, set_state
 from tests.middleware.asgi_helpers import Recorder, http_scope, receiver
 
@@ -58,7 +59,7 @@ def make_pool(max_concurrency: int | None = None) -> LocalKeyPool:
 async def call(app: Any, pool: LocalKeyPool, **rotation: Any) -> tuple[Recorder, RequestState]:
     stack = ErrorsMiddleware(RotationMiddleware(app, pools={"up": pool}, rotation=Rotation(**rotation)))
     scope = http_scope("/v1/chat/completions")
-    state = RequestState("openai", prepare_chat_request(BODY, DEFAULTS))
+    state = RequestState(ENDPOINTS["/v1/chat/completions"], prepare_chat_request(BODY, DEFAULTS))
     set_state(scope, state)
     recorder = Recorder()
     await stack(scope, receiver(b""), recorder)
