@@ -18,7 +18,10 @@ PLAIN = (
     b'"message":{"role":"assistant","content":"Hello from the benchmark mock."},"finish_reason":"stop"}],'
     b'"usage":{"prompt_tokens":10,"completion_tokens":7,"total_tokens":17}}'
 )
-CHUNK = b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"bench","choices":[{"index":0,"delta":{"content":"tok "},"finish_reason":null}]}\n\n'
+CHUNK = (
+    b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"bench",'
+    b'"choices":[{"index":0,"delta":{"content":"tok "},"finish_reason":null}]}\n\n'
+)
 TAIL = (
     b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"bench","choices":[],'
     b'"usage":{"prompt_tokens":10,"completion_tokens":100,"total_tokens":110}}\n\ndata: [DONE]\n\n'

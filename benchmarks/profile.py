@@ -2,7 +2,8 @@
 
 Starts the mock upstream and megagate as `benchmarks.run` does (same pinning), runs the step's load, and samples the
 serving process with py-spy (`pip install py-spy`; needs ptrace rights) for the whole step. Prints the functions with
-the most own time and keeps the folded stacks in benchmarks/profile/ (for flamegraph.pl or speedscope). All on 127.0.0.1.
+the most own time and keeps the folded stacks in benchmarks/profile/ (for flamegraph.pl or speedscope).
+All on 127.0.0.1.
 """
 
 from __future__ import annotations

@@ -189,8 +189,9 @@ def table(results: dict[str, Any]) -> str:
             )
             lines.append(f"| {step} | CPU per request ms | | {cf} | {cm} | {ratio:.2f}x floor |")
         errors = sum(row[c]["errors"] + row[c]["incomplete"] for c in row)
-        lines.append(f"| {step} | errors + incomplete | {d['errors'] + d['incomplete']} | {f['errors'] + f['incomplete']} | "
-                     f"{m['errors'] + m['incomplete']} | {'ok' if errors == 0 else 'FAIL'} |")  # fmt: skip
+        failed = [c["errors"] + c["incomplete"] for c in (d, f, m)]
+        verdict = "ok" if errors == 0 else "FAIL"
+        lines.append(f"| {step} | errors + incomplete | {failed[0]} | {failed[1]} | {failed[2]} | {verdict} |")
     idle, peak = results["rss_idle_mib"], results["rss_peak_mib"]
     lines.append(f"| all | RSS idle / peak MiB | | {idle['floor']:.0f} / {peak['floor']:.0f} | "
                  f"{idle['megagate']:.0f} / {peak['megagate']:.0f} | |")  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -114,10 +115,8 @@ def demo(args: argparse.Namespace) -> int:
             )
             print("Ctrl-C stops it.")
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         anyio.run(main)
-    except KeyboardInterrupt:
-        pass
     return 0
 
 

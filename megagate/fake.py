@@ -1,6 +1,7 @@
 """A MegaLLM stand-in for tests, demos and benchmarks: `python -m megagate.fake --port P`.
 
-Speaks the OpenAI chat format (plain and SSE), Anthropic's `/v1/messages` (see `fake_anthropic`) and `/v1/models`, with a configurable time to first token, tokens per
+Speaks the OpenAI chat format (plain and SSE), Anthropic's `/v1/messages` (see `fake_anthropic`) and `/v1/models`,
+with a configurable time to first token, tokens per
 second and answer length. Faults are scripted per request, either in an `x-fake-fault` header (a JSON `Fault`) or
 by rules posted to `/_fake/rules` that match on model, key and path (how tests script an upstream behind the
 gateway). Every request is recorded (path, key, headers, body) and served at `GET /_fake/requests`.

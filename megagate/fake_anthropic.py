@@ -20,8 +20,9 @@ def event(kind: str, payload: dict[str, Any]) -> bytes:
 
 
 def error_body(status: int, message: str) -> bytes:
-    kind = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-            404: "not_found_error", 429: "rate_limit_error", 529: "overloaded_error"}.get(status, "api_error")  # fmt: skip
+    kinds = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+             404: "not_found_error", 429: "rate_limit_error", 529: "overloaded_error"}  # fmt: skip
+    kind = kinds.get(status, "api_error")
     return _encoder.encode({"type": "error", "error": {"type": kind, "message": message}})
 
 
@@ -51,8 +52,9 @@ def message(ident: str, payload: dict[str, Any], words: list[str], fault: Any) -
         stop = "tool_use"
     else:
         content, stop = [{"type": "text", "text": "".join(words)}], "end_turn"
-    return _encoder.encode({"id": ident, "type": "message", "role": "assistant", "model": payload.get("model"),
-                            "content": content, "stop_reason": stop, "stop_sequence": None, "usage": usage})  # fmt: skip
+    answer = {"id": ident, "type": "message", "role": "assistant", "model": payload.get("model"), "content": content,
+              "stop_reason": stop, "stop_sequence": None, "usage": usage}  # fmt: skip
+    return _encoder.encode(answer)
 
 
 async def stream(ident: str, payload: dict[str, Any], words: list[str], fault: Any, send: Any) -> None:
@@ -63,8 +65,10 @@ async def stream(ident: str, payload: dict[str, Any], words: list[str], fault: A
         await send({"type": "http.response.body", "body": body, "more_body": more})
 
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
-    start: dict[str, Any] = {"id": ident, "type": "message", "role": "assistant", "model": payload.get("model"), "content": [],
-             "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": input_tokens, "output_tokens": 1}}  # fmt: skip
+    start: dict[str, Any] = {
+        "id": ident, "type": "message", "role": "assistant", "model": payload.get("model"), "content": [],
+        "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": input_tokens, "output_tokens": 1},
+    }  # fmt: skip
     await emit(event("message_start", {"message": start}) + event("ping", {}))
     if tool is not None:
         block = {"type": "tool_use", "id": "toolu_fake_1", "name": tool[0], "input": {}}

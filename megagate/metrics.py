@@ -69,7 +69,8 @@ class Metrics:
             Counter("megagate_fallbacks", "Model fallbacks", ["from_model", "to_model"], registry=r)
         )
         self.local_answers = Children(Counter(
-            "megagate_local_answers", "Answers megagate gave itself (a local token-count estimate)", ["route", "reason"],
+            "megagate_local_answers", "Answers megagate gave itself (a local token-count estimate)",
+            ["route", "reason"],
             registry=r,
         ))  # fmt: skip
         in_flight = Gauge("megagate_in_flight", "Requests and streams in progress", ["kind"], registry=r)

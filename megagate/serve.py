@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from functools import partial
 from typing import Any
@@ -42,7 +43,5 @@ async def serve_together(apps: list[tuple[Any, str, int]], shutdown: anyio.Event
 
 
 def serve_apps(apps: list[tuple[Any, str, int]], backend: str = "asyncio") -> None:
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         anyio.run(serve_together, apps, backend=backend)
-    except KeyboardInterrupt:
-        pass

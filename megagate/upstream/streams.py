@@ -1,7 +1,7 @@
 """The byte streams under the fast transport's connections: `receive(timeout)`, `send(data, timeout)`, `aclose()`.
 
 On trio (and any other anyio backend) they are anyio's own socket streams, each wait bounded by a cancel scope.
-On asyncio (and uvloop) they are a plain `asyncio.Protocol`: profiling 256 streams × 10 ms per chunk (issue 4)
+On asyncio (and uvloop) they are a plain `asyncio.Protocol`: profiling 256 streams x 10 ms per chunk (issue 4)
 put about a third of the worker's samples in anyio's asyncio stream, which pauses and resumes reading around every
 receive (two epoll_ctl calls and selector bookkeeping per chunk), and in the cancel scope built for every receive.
 Here reading stays on (paused only past a high-water mark, for back-pressure) and a wait is timed by one loop

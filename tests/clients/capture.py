@@ -144,8 +144,9 @@ def anthropic_sdk(url: str, fake: FakeControl) -> None:
     first = client.messages.create(model=CLAUDE_MODEL, max_tokens=200, system="Be brief.", messages=messages,
                                    tools=tools)  # fmt: skip
     use = next(block for block in first.content if block.type == "tool_use")
+    result = {"type": "tool_result", "tool_use_id": use.id, "content": "sunny"}
     messages += [{"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
-                 {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "sunny"}]}]  # fmt: skip
+                 {"role": "user", "content": [result]}]  # fmt: skip
     with client.messages.stream(model=CLAUDE_MODEL, max_tokens=200, messages=messages, tools=tools) as stream:
         stream.get_final_message()
     client.messages.count_tokens(model=CLAUDE_MODEL, messages=messages)

@@ -40,7 +40,7 @@ def decode(chunks: list[bytes]) -> tuple[bytes, list[ServerSentEvent]]:
 
 def split(stream: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({c % (len(stream) + 1) for c in cuts})
-    return [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)])]
+    return [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
 
 
 def test_single_event() -> None:

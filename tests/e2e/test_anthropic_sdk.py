@@ -181,7 +181,8 @@ async def test_count_tokens_is_relayed(formats_gateway: Process, fake: FakeContr
     "body, param",
     [
         ({"model": "claude-x", "messages": [{"role": "user", "content": "hi"}]}, "max_tokens"),
-        ({"model": "claude-x", "max_tokens": 10, "messages": [{"role": ["user"], "content": "hi"}]}, "messages[0].role"),
+        ({"model": "claude-x", "max_tokens": 10, "messages": [{"role": ["user"], "content": "hi"}]},
+         "messages[0].role"),
         ({"model": "claude-x", "max_tokens": 10, "temperature": 1.5, "messages": [{"role": "user", "content": "x"}]},
          "temperature"),
         ({"model": "claude-x", "max_tokens": "ten", "messages": [{"role": "user", "content": "x"}]}, "max_tokens"),

@@ -225,11 +225,11 @@ bodies = st.one_of(
 @pytest.mark.anyio
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=bodies, path=st.sampled_from(["/v1/chat/completions", "/v1/messages", "/v1/messages/count_tokens"]))
-async def test_fuzzed_requests_never_get_a_500(fake_upstream: Process, fake: FakeControl, body: bytes, path: str) -> None:
-    config = config_from_mapping(
-        {"access_log": False, "timeouts": {"total": 5}, "upstreams": [{"name": "fake", "base_url": fake_upstream.url,
-                                                                        "keys": ["sk-fuzz-key-0001"], "format": "both"}]}
-    )  # fmt: skip
+async def test_fuzzed_requests_never_get_a_500(
+    fake_upstream: Process, fake: FakeControl, body: bytes, path: str
+) -> None:
+    upstream = {"name": "fake", "base_url": fake_upstream.url, "keys": ["sk-fuzz-key-0001"], "format": "both"}
+    config = config_from_mapping({"access_log": False, "timeouts": {"total": 5}, "upstreams": [upstream]})
     gateway = Gateway(config)
     recorder = Recorder()
     try:

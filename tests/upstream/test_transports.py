@@ -48,7 +48,7 @@ class RawServer:
                         return
                 head, _, buffer = buffer.partition(b"\r\n\r\n")
                 length = next(
-                    (int(l.split(b":")[1]) for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")), 0
+                    (int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")), 0
                 )
                 while len(buffer) < length:
                     buffer += await stream.receive()
