@@ -17,7 +17,8 @@ import msgspec
 
 from megagate.config import KeyConfig, Rotation
 from megagate.core.errors import NoKeyAvailable, NoUsableKey
-from megagate.core.scheduler import KeyLimits, KeyScheduler, Lease, Outcome
+from megagate.core.outcome import Outcome
+from megagate.core.scheduler import KeyLimits, KeyScheduler, Lease
 from megagate.core.secrets import key_id, mask_key
 
 Clock = Callable[[], float]

@@ -7,7 +7,7 @@ import pytest
 
 from megagate.config import KeyConfig, Rotation
 from megagate.core.errors import NoKeyAvailable
-from megagate.core.scheduler import Outcome
+from megagate.core.outcome import Outcome
 from megagate.pool import LocalKeyPool
 
 pytestmark = pytest.mark.anyio

@@ -6,7 +6,7 @@ import pytest
 
 from megagate.app import Gateway
 from megagate.config import config_from_mapping
-from megagate.core.scheduler import Outcome
+from megagate.core.outcome import Outcome
 from tests.middleware.asgi_helpers import Recorder, http_scope, receiver
 
 pytestmark = pytest.mark.anyio

@@ -17,11 +17,12 @@ upstream, not the key. A lease without a model cools the whole key.
 
 from __future__ import annotations
 
-import enum
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
+
+from megagate.core.outcome import Outcome
 
 WINDOW = 60.0
 BACKOFF_START = 1.0
@@ -29,17 +30,6 @@ BACKOFF_CAP = 60.0
 TIERS = {"basic": (60, 90_000, 10), "pro": (300, 450_000, 40)}  # MegaLLM's published rpm, tpm, concurrency
 
 Strategy = Literal["round_robin", "least_busy", "weighted"]
-
-
-class Outcome(enum.Enum):
-    SUCCESS = "success"
-    RATE_LIMITED = "rate_limited"
-    AUTH_FAILED = "auth_failed"
-    SERVER_ERROR = "server_error"
-    TIMEOUT = "timeout"
-    CLIENT_ERROR = "client_error"  # the request's fault (a 400): says nothing about the key
-    CANCELLED = "cancelled"
-    CONNECT_ERROR = "connect_error"  # the upstream could not be reached: says nothing about the key either
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,8 @@ from typing import Any
 from megagate.asgi import ASGIApp, Receive, Scope, Send, header, send_error
 from megagate.config import ClientConfig
 from megagate.core.errors import AuthenticationFailed, PermissionDenied, RateLimited
-from megagate.core.scheduler import KeyLimits, KeyScheduler, Lease, Outcome
+from megagate.core.outcome import Outcome
+from megagate.core.scheduler import KeyLimits, KeyScheduler, Lease
 from megagate.middleware.rotation import estimate_tokens
 from megagate.state import get_state, route_format, route_path
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Literal
 
 import anyio
 
@@ -21,30 +20,15 @@ from megagate.core.errors import (
     MegagateError,
     NoKeyAvailable,
     NotFound,
-    NoUsableKey,
     UpstreamError,
-    UpstreamStatus,
     UpstreamTimeout,
 )
+from megagate.core.outcome import classify, fallback_switch
 from megagate.relay import stream_error_event
 from megagate.state import RequestState, get_state
 
 logger = logging.getLogger("megagate.fallback")
 DEADLINE_HEADER = b"x-megagate-timeout"  # a client may shorten (never lengthen) its request's deadline, in seconds
-
-
-def fallback_reason(error: MegagateError) -> Literal["rate_limit", "error"] | None:
-    """Which `fallback_on_*` switch governs falling back from `error`; None: it never falls back."""
-    if isinstance(error, NoUsableKey):
-        return "error"
-    if isinstance(error, NoKeyAvailable):
-        return "rate_limit"
-    if isinstance(error, UpstreamStatus):
-        status = error.upstream_status
-        if status == 429:
-            return "rate_limit"
-        return "error" if status >= 500 or status in (401, 403, 408) else None
-    return "error" if isinstance(error, UpstreamError) else None
 
 
 def _chain(model: str, requested: Sequence[str] | None, configured: Mapping[str, Sequence[str]]) -> list[str]:
@@ -116,7 +100,7 @@ class FallbackMiddleware:
                     raise
                 continue  # a fallback model no upstream serves: skip it
             except (UpstreamError, NoKeyAvailable) as error:
-                reason = fallback_reason(error)
+                reason = fallback_switch(classify(error))
                 allowed = (reason == "rate_limit" and request.fallback_on_rate_limit) or (
                     reason == "error" and request.fallback_on_error
                 )

@@ -21,36 +21,13 @@ from megagate.config import Rotation
 from megagate.core.errors import (
     MegagateError,
     NoKeyAvailable,
-    UpstreamConnectError,
     UpstreamError,
-    UpstreamStatus,
-    UpstreamTimeout,
 )
+from megagate.core.outcome import RETRIED_ON_ANOTHER_KEY, Outcome, classify
 from megagate.core.request import ChatRequest
-from megagate.core.scheduler import Outcome
 from megagate.pool import KeyPool
 from megagate.routing import Endpoint, Target
 from megagate.state import RequestState, get_state
-
-RETRIED = frozenset({Outcome.RATE_LIMITED, Outcome.AUTH_FAILED, Outcome.SERVER_ERROR, Outcome.CONNECT_ERROR})
-
-
-def outcome_for(error: UpstreamError) -> Outcome:
-    """What an upstream failure says about the key that made the request."""
-    if isinstance(error, UpstreamStatus):
-        status = error.upstream_status
-        if status == 429:
-            return Outcome.RATE_LIMITED
-        if status in (401, 403):
-            return Outcome.AUTH_FAILED
-        if status == 408:
-            return Outcome.TIMEOUT
-        return Outcome.SERVER_ERROR if status >= 500 else Outcome.CLIENT_ERROR
-    if isinstance(error, UpstreamTimeout):
-        return Outcome.TIMEOUT
-    if isinstance(error, UpstreamConnectError):
-        return Outcome.CONNECT_ERROR
-    return Outcome.SERVER_ERROR  # a protocol error or an error event in place of an answer
 
 
 def estimate_tokens(request: ChatRequest, default_max_tokens: int) -> int:
@@ -124,8 +101,8 @@ class RotationMiddleware:
                 outcome = Outcome.SUCCESS
                 return
             except UpstreamError as failure:
-                outcome, retry_after, error = outcome_for(failure), failure.retry_after, failure.message
-                if state.response_started or outcome not in RETRIED:
+                outcome, retry_after, error = classify(failure), failure.retry_after, failure.message
+                if state.response_started or outcome not in RETRIED_ON_ANOTHER_KEY:
                     raise
                 failures.append(failure)
             except MegagateError:

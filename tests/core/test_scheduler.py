@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from megagate.core.scheduler import WINDOW, KeyLimits, KeyScheduler, Lease, Outcome, Wait
+from megagate.core.outcome import Outcome
+from megagate.core.scheduler import WINDOW, KeyLimits, KeyScheduler, Lease, Wait
 
 limits_strategy = st.builds(
     KeyLimits,
