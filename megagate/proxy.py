@@ -158,7 +158,6 @@ class UpstreamProxy:
             payload = await response.read(MAX_PLAIN_BODY)
             state.usage = usage_of(payload, plan.upstream)
             payload = translate_plain(payload, plan)
-            state.served_model = state.request.model
             state.response_started = True
             await send_json(send, response.status, payload, self._response_headers(response.headers))
 

@@ -169,7 +169,6 @@ async def relay_stream(
                 started = True
                 waiting.deadline = math.inf  # the first-byte timeout is over
                 state.response_started = True
-                state.served_model = state.request.model
                 await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
             if out:
                 await send({"type": "http.response.body", "body": out, "more_body": True})

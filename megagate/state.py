@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from megagate.core.errors import Format
+from megagate.core.outcome import Outcome
 from megagate.core.request import ChatRequest
 from megagate.core.schemas import Usage
 from megagate.routing import Endpoint, Target
@@ -15,24 +16,38 @@ SCOPE_KEY = "megagate"
 
 
 @dataclass(slots=True)
-class RequestState:
-    """What one request has learned so far. Written by the layer that knows it, read by the ones inside it."""
+class Attempt:
+    """One upstream attempt: appended by RotationMiddleware when it leases a key, its outcome set at release.
+    The only record of what was tried: metrics, the access log, errors and the x-megagate-* headers read it."""
 
-    endpoint: Endpoint  # what the client asked for, in which format
-    request: ChatRequest
-    target: Target | None = None  # where this attempt goes: chosen by RotationMiddleware (routing.choose)
-    api_key: str | None = None  # the pool key leased for this attempt
-    key_id: str | None = None  # its public id, safe to log
-    attempts: int = 0
-    tried: list[str] = field(default_factory=list)
-    served_model: str | None = None
-    usage: Usage | None = None
-    first_byte_at: float | None = None
-    client_name: str | None = None
-    response_started: bool = False
-    outcomes: list[tuple[str, str, str]] = field(default_factory=list)  # (upstream, key id, outcome) per attempt
-    fallbacks: list[tuple[str, str]] = field(default_factory=list)  # (from model, to model)
-    local_answer: str | None = None  # why megagate answered itself instead of an upstream (count_tokens)
+    model: str
+    upstream: str
+    key_id: str
+    outcome: Outcome | None = None  # None while it runs
+
+    def __str__(self) -> str:
+        return f"{self.model} ({self.key_id})"
+
+
+@dataclass(slots=True)
+class RequestState:
+    """One request: what the client asked (endpoint, parsed request), the decisions made for it, and what was tried.
+    Each field has one writer: the layer that decides it (named beside it)."""
+
+    endpoint: Endpoint  # DefaultsMiddleware: what the client asked for, in which format
+    request: ChatRequest  # DefaultsMiddleware; FallbackMiddleware sets the model of each fallback
+    target: Target | None = None  # RotationMiddleware (routing.choose): where the current attempt goes
+    api_key: str | None = None  # RotationMiddleware: the pool key leased for the current attempt (a secret)
+    attempts: list[Attempt] = field(default_factory=list)  # RotationMiddleware appends; HedgingMiddleware merges
+    fallbacks: list[tuple[str, str]] = field(default_factory=list)  # FallbackMiddleware: (from model, to model)
+    usage: Usage | None = None  # the proxy: what the answer says it used
+    response_started: bool = False  # the proxy: the client has seen a byte; nothing may be retried after it
+    local_answer: str | None = None  # CountTokensEndpoint: why megagate answered itself (a token count)
+
+    @property
+    def served_model(self) -> str:
+        """The model of the last attempt (the one that answered, or is answering), else the one asked for."""
+        return self.attempts[-1].model if self.attempts else self.request.model
 
     @property
     def format(self) -> Format:

@@ -75,8 +75,8 @@ class AccessLogMiddleware:
             line["model"] = state.fallbacks[0][0] if state.fallbacks else state.request.model
             line["served_model"] = state.served_model
             line["stream"] = state.request.stream
-            line["attempts"] = state.attempts
-            line["keys"] = [key_id for _, key_id, _ in state.outcomes]
+            line["attempts"] = len(state.attempts)
+            line["keys"] = [attempt.key_id for attempt in state.attempts]
             if state.usage is not None:
                 line["prompt_tokens"] = state.usage.prompt_tokens
                 line["completion_tokens"] = state.usage.completion_tokens

@@ -115,7 +115,6 @@ class ClientLimitsMiddleware:
         if client is None or state is None:
             await self.app(scope, receive, send)
             return
-        state.client_name = client.name
         request = state.request
         for model in [request.model, *(request.fallback_models or ())]:
             if not client.config.allows(model):

@@ -57,7 +57,7 @@ class ErrorsMiddleware:
         detail = [type(cause).__name__ if cause is not None else type(error).__name__]
         state = get_state(scope)
         if state is not None:
-            detail.append(f"attempts={state.attempts}")
-            detail += [f"{key_id}@{upstream}:{outcome}" for upstream, key_id, outcome in state.outcomes]
+            detail.append(f"attempts={len(state.attempts)}")
+            detail += [f"{a.key_id}@{a.upstream}:{a.outcome.value if a.outcome else 'running'}" for a in state.attempts]
         error.message = f"{error.message} [debug: {'; '.join(detail)}]"
         return error

@@ -64,9 +64,9 @@ class FallbackMiddleware:
 
         async def send_reporting(message: Message) -> None:
             if message["type"] == "http.response.start":
-                served = (state.served_model or state.request.model).encode()
+                served = state.served_model.encode()
                 headers = [*message.get("headers", ()), (b"x-megagate-model", served)]
-                headers.append((b"x-megagate-attempts", str(state.attempts).encode()))
+                headers.append((b"x-megagate-attempts", str(len(state.attempts)).encode()))
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -113,6 +113,6 @@ class FallbackMiddleware:
 
 def _told(error: MegagateError, state: RequestState, candidates: int) -> MegagateError:
     """The error, with what was tried when a chain was in play (model names and key ids: nothing secret)."""
-    if candidates > 1 and state.tried:
-        error.message = f"{error.message}; tried: {', '.join(state.tried)}"
+    if candidates > 1 and state.attempts:
+        error.message = f"{error.message}; tried: {', '.join(map(str, state.attempts))}"
     return error

@@ -29,7 +29,7 @@ class _Attempt:
 
 def _fork(scope: Scope, state: RequestState) -> _Attempt:
     request = dataclasses.replace(state.request, fields=dict(state.request.fields))
-    forked_state = dataclasses.replace(state, request=request, attempts=0, tried=[], outcomes=[])
+    forked_state = dataclasses.replace(state, request=request, attempts=[])
     forked_scope = dict(scope)
     forked_scope["state"] = dict(scope.get("state") or {})
     set_state(forked_scope, forked_state)
@@ -63,8 +63,8 @@ class HedgingMiddleware:
                         if other is not attempt:
                             other.cancel_scope.cancel()
                     attempt.settled.set()
-                    _count(state, attempts)  # before the first message: outer layers report it in headers
-                    _merge(state, attempt)
+                    _record_attempts(state, attempts, attempt)  # before the first message: headers report them
+                    _adopt(state, attempt)
                 if winner is not attempt:
                     await anyio.sleep_forever()  # lost the race; cancelled right away
                 await send(message)
@@ -88,29 +88,28 @@ class HedgingMiddleware:
                     attempts.append(_fork(scope, state))
                     racers.start_soon(run, attempts[1])
             watcher.cancel_scope.cancel()
-        if winner is None:
-            _count(state, attempts)
         chosen = winner or attempts[-1]
-        _merge(state, chosen)
+        if winner is None:
+            _record_attempts(state, attempts, chosen)
+        _adopt(state, chosen)  # again: a stream's usage arrives after its first event
         if chosen.error is not None:
             raise chosen.error
 
 
-def _merge(state: RequestState, chosen: _Attempt) -> None:
-    """Tell the outer layers what the chosen attempt learned (model served, usage, key)."""
-    state.request = chosen.state.request
-    state.served_model = chosen.state.served_model
-    state.usage = chosen.state.usage
-    state.key_id = chosen.state.key_id
-    state.target = chosen.state.target
-    state.response_started = chosen.state.response_started
+def _adopt(state: RequestState, chosen: _Attempt) -> None:
+    """The chosen racer's decisions become the request's: every field but the attempt list, so that a field added
+    to RequestState is never lost under hedging."""
+    for name in _ADOPTED:
+        setattr(state, name, getattr(chosen.state, name))
 
 
-def _count(state: RequestState, attempts: list[_Attempt]) -> None:
-    state.attempts += sum(a.state.attempts for a in attempts)
-    for attempt in attempts:
-        state.tried.extend(attempt.state.tried)
-        state.outcomes.extend(attempt.state.outcomes)
+def _record_attempts(state: RequestState, racers: list[_Attempt], chosen: _Attempt) -> None:
+    """Append what every racer tried, the chosen one's last (its attempt is the one that served)."""
+    for racer in [*(r for r in racers if r is not chosen), chosen]:
+        state.attempts.extend(racer.state.attempts)
+
+
+_ADOPTED = tuple(f.name for f in dataclasses.fields(RequestState) if f.name != "attempts")
 
 
 async def _watch_disconnect(receive: Receive, disconnected: anyio.Event) -> None:

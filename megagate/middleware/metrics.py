@@ -72,8 +72,9 @@ class MetricsMiddleware:
             served = metrics.model_label(state.request.model)
             metrics.tokens(served, client, "prompt").inc(state.usage.prompt_tokens)
             metrics.tokens(served, client, "completion").inc(state.usage.completion_tokens)
-        for upstream, key_id, outcome in state.outcomes:
-            metrics.attempts(upstream, key_id, outcome).inc()
+        for attempt in state.attempts:
+            outcome = attempt.outcome.value if attempt.outcome else "cancelled"
+            metrics.attempts(attempt.upstream, attempt.key_id, outcome).inc()
         if state.local_answer is not None:
             metrics.local_answers(route, state.local_answer).inc()
         for source, target in state.fallbacks:

@@ -27,7 +27,7 @@ from megagate.core.outcome import RETRIED_ON_ANOTHER_KEY, Outcome, classify
 from megagate.core.request import ChatRequest
 from megagate.pool import KeyPool
 from megagate.routing import Endpoint, Target
-from megagate.state import RequestState, get_state
+from megagate.state import Attempt, RequestState, get_state
 
 
 def estimate_tokens(request: ChatRequest, default_max_tokens: int) -> int:
@@ -91,9 +91,9 @@ class RotationMiddleware:
                     raise
                 break  # keys remain but none can serve now: report what the tried ones said
             tried.add(lease.id)
-            state.api_key, state.key_id = lease.key, lease.id
-            state.attempts += 1
-            state.tried.append(f"{state.request.model} ({lease.id})")
+            state.api_key = lease.key
+            attempt = Attempt(state.request.model, state.target.upstream.name if state.target else "", lease.id)
+            state.attempts.append(attempt)
             state.usage = None
             outcome, retry_after, error = Outcome.CANCELLED, None, None
             try:
@@ -110,7 +110,7 @@ class RotationMiddleware:
                 raise
             finally:
                 state.api_key = None
-                state.outcomes.append((state.target.upstream.name if state.target else "", lease.id, outcome.value))
+                attempt.outcome = outcome
                 used = state.usage.total_tokens if state.usage is not None else None
                 # Cancelled (or crashed): shield the release so the slot returns. Otherwise no scope: it costs.
                 with anyio.CancelScope(shield=True) if outcome is Outcome.CANCELLED else nullcontext():

@@ -20,7 +20,7 @@ from megagate.core.request import OPENAI_RULES, RequestDefaults, prepare_chat_re
 from megagate.middleware.errors import ErrorsMiddleware
 from megagate.middleware.fallback import FallbackMiddleware
 from megagate.routing import ENDPOINTS
-from megagate.state import RequestState, get_state, set_state
+from megagate.state import Attempt, RequestState, get_state, set_state
 from tests.middleware.asgi_helpers import Recorder, http_scope, receiver
 
 pytestmark = pytest.mark.anyio
@@ -42,13 +42,11 @@ class ScriptedModels:
         model = state.request.model
         self.models.append(model)
         self.bodies.append(state.request.encode())
-        state.attempts += 1
-        state.tried.append(f"{model} (key-0000000{state.attempts})")
+        state.attempts.append(Attempt(model, "up", f"key-0000000{len(state.attempts) + 1}"))
         if model in self.failures:
             raise self.failures[model]
         if model in self.stall:
             await anyio.sleep_forever()
-        state.served_model = model
         state.response_started = True
         body = msgspec.json.encode({"model": model})
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})

@@ -12,7 +12,7 @@ from megagate.core.request import OPENAI_RULES, RequestDefaults, prepare_chat_re
 from megagate.middleware.errors import ErrorsMiddleware
 from megagate.middleware.hedging import HedgingMiddleware
 from megagate.routing import ENDPOINTS
-from megagate.state import RequestState, get_state, set_state
+from megagate.state import Attempt, RequestState, get_state, set_state
 from tests.middleware.asgi_helpers import Recorder, http_scope, receiver
 
 pytestmark = pytest.mark.anyio
@@ -32,8 +32,7 @@ class Attempts:
         assert state is not None
         number = self.calls
         self.calls += 1
-        state.attempts += 1
-        state.tried.append(f"m (key-{number})")
+        state.attempts.append(Attempt("m", "up", f"key-{number}"))
         action = self.script[number]
         try:
             if isinstance(action, Exception):
@@ -45,7 +44,6 @@ class Attempts:
         except anyio.get_cancelled_exc_class():
             self.cancelled.append(number)
             raise
-        state.served_model = f"m-{number}"
         state.response_started = True
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": f"attempt {number}".encode()})
@@ -70,13 +68,13 @@ async def test_a_stalled_attempt_is_raced_and_the_backup_wins() -> None:
     result, state = await call(app, delay=0.1)
     assert result.body == b"attempt 1" and anyio.current_time() - started < 1.0
     assert app.cancelled == [0]  # the loser is cancelled (its upstream request closed, its key returned)
-    assert state.attempts == 2 and state.served_model == "m-1" and state.tried == ["m (key-0)", "m (key-1)"]
+    assert [str(a) for a in state.attempts] == ["m (key-0)", "m (key-1)"]  # the winner's attempt last
 
 
 async def test_an_attempt_answering_within_the_delay_is_not_hedged() -> None:
     app = Attempts("answer")
     result, state = await call(app, delay=0.5)
-    assert result.body == b"attempt 0" and app.calls == 1 and state.attempts == 1
+    assert result.body == b"attempt 0" and app.calls == 1 and len(state.attempts) == 1
 
 
 async def test_the_primary_can_still_win_the_race() -> None:
@@ -96,11 +94,11 @@ async def test_when_both_fail_an_error_is_raised() -> None:
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         calls.append(len(calls))
-        get_state(scope).attempts += 1  # type: ignore[union-attr]
+        get_state(scope).attempts.append(Attempt("m", "up", f"key-{len(calls)}"))  # type: ignore[union-attr]
         if len(calls) == 1:
             await anyio.sleep(0.3)
             raise UpstreamStatus(500, "primary down")
         raise UpstreamStatus(503, "backup down")  # the last attempt to fail is the one told
 
     result, state = await call(app, delay=0.1)
-    assert result.status == 503 and state.attempts == 2 and "down" in result.json()["error"]["message"]
+    assert result.status == 503 and len(state.attempts) == 2 and "down" in result.json()["error"]["message"]

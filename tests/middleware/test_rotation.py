@@ -74,7 +74,7 @@ async def test_each_request_gets_the_next_key() -> None:
     upstream, pool = ScriptedUpstream(), make_pool()
     for _ in range(6):
         result, state = await call(upstream, pool)
-        assert result.status == 200 and state.attempts == 1
+        assert result.status == 200 and len(state.attempts) == 1
     assert upstream.keys_seen == KEYS * 2
     assert await in_flight(pool) == [0, 0, 0]
 
@@ -92,7 +92,7 @@ async def test_a_failing_key_is_retried_on_the_next(failure: UpstreamError) -> N
     upstream, pool = ScriptedUpstream({KEYS[0]: failure}), make_pool()
     result, state = await call(upstream, pool)
     assert result.status == 200
-    assert upstream.keys_seen == KEYS[:2] and state.attempts == 2
+    assert upstream.keys_seen == KEYS[:2] and len(state.attempts) == 2
     assert await in_flight(pool) == [0, 0, 0]
 
 
@@ -119,7 +119,7 @@ async def test_every_key_rate_limited_gives_429_with_the_soonest_retry_after() -
     assert result.status == 429 and result.header(b"retry-after") == b"4"
     assert result.json()["error"]["type"] == "rate_limit_error"
     assert "tried 3 upstream keys" in result.json()["error"]["message"]
-    assert state.attempts == 3
+    assert len(state.attempts) == 3
     # The next request finds every key cooling and is told when the first will be back, without waiting.
     result, _ = await call(upstream, pool, max_wait=0)
     assert result.status == 429 and result.header(b"retry-after") == b"4"
@@ -137,7 +137,7 @@ async def test_every_key_refused_is_a_502_not_the_clients_401() -> None:
 async def test_request_errors_and_timeouts_are_not_retried(failure: Exception, status: int) -> None:
     upstream, pool = ScriptedUpstream({KEYS[0]: failure}), make_pool()  # type: ignore[dict-item]
     result, state = await call(upstream, pool)
-    assert result.status == status and upstream.keys_seen == KEYS[:1] and state.attempts == 1
+    assert result.status == status and upstream.keys_seen == KEYS[:1] and len(state.attempts) == 1
     assert await in_flight(pool) == [0, 0, 0]
 
 
@@ -152,7 +152,7 @@ async def test_no_retry_once_the_response_started() -> None:
 async def test_max_attempts_bounds_the_retries() -> None:
     upstream = ScriptedUpstream({k: UpstreamStatus(500, "down") for k in KEYS})
     result, state = await call(upstream, make_pool(), max_attempts=2)
-    assert result.status == 502 and state.attempts == 2 and len(upstream.keys_seen) == 2
+    assert result.status == 502 and len(state.attempts) == 2 and len(upstream.keys_seen) == 2
 
 
 async def test_a_cancelled_request_returns_its_slot() -> None:
