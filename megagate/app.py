@@ -2,9 +2,11 @@
 
 Request path (outermost first)::
 
-    ErrorsMiddleware -> DefaultsMiddleware -> FallbackMiddleware -> [HedgingMiddleware] -> RotationMiddleware
-        -> Router --/v1/chat/completions--> UpstreamProxy
-                  \\--/v1/models, /healthz, /admin/keys
+    MetricsMiddleware -> AccessLogMiddleware -> ErrorsMiddleware -> AuthMiddleware -> DefaultsMiddleware
+        -> ClientLimitsMiddleware -> FallbackMiddleware -> [HedgingMiddleware] -> RotationMiddleware
+        -> Router --/v1/chat/completions, /v1/messages--> UpstreamProxy
+                  |--/v1/messages/count_tokens--> CountTokensEndpoint (-> UpstreamProxy, or a local estimate)
+                  \--/v1/models, /healthz, /readyz, /metrics, /admin/keys
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ from megagate.asgi import ASGIApp, Receive, Scope, Send, send_error, send_json
 from megagate.config import Config, load_config
 from megagate.core.errors import ConfigError, InvalidRequest, NotFound
 from megagate.count_tokens import CountTokensEndpoint
-from megagate.metrics import Metrics, MetricsEndpoint
 from megagate.middleware.access_log import AccessLogMiddleware
-from megagate.middleware.auth import AuthMiddleware, ClientLimitsMiddleware
+from megagate.middleware.auth import AuthMiddleware
+from megagate.middleware.client_limits import ClientLimitsMiddleware
 from megagate.middleware.defaults import DefaultsMiddleware
 from megagate.middleware.errors import ErrorsMiddleware
 from megagate.middleware.fallback import FallbackMiddleware
@@ -33,6 +35,7 @@ from megagate.middleware.metrics import MetricsMiddleware
 from megagate.middleware.rotation import RotationMiddleware
 from megagate.models import ModelsEndpoint
 from megagate.pool import KeyPool, LocalKeyPool
+from megagate.prometheus import Metrics, MetricsEndpoint
 from megagate.proxy import UpstreamProxy
 from megagate.routing import choose
 from megagate.state import route_format
@@ -54,7 +57,7 @@ def build_transport(config: Config) -> Transport:
     return FastTransport(timeouts=timeouts, max_connections=max_connections)
 
 
-class Only:
+class AllowMethods:
     """`endpoint` for `methods`; other methods get a 405 in the route's envelope (Starlette's is plain text).
 
     A class, not a closure: Starlette's Route treats a plain function as a request/response endpoint."""
@@ -122,23 +125,23 @@ class Gateway:
         count_tokens = CountTokensEndpoint(proxy, config=config)
         models = ModelsEndpoint(config=config, transport=self.transport, clock=clock)
         routes = [
-            Route("/v1/chat/completions", Only(("POST",), proxy)),
-            Route("/v1/messages", Only(("POST",), proxy)),
-            Route("/v1/messages/count_tokens", Only(("POST",), count_tokens)),
-            Route("/v1/models", Only(("GET",), models)),
-            Route("/v1/models/{model:path}", Only(("GET",), models)),
-            Route("/healthz", Only(("GET", "HEAD"), health)),
-            Route("/readyz", Only(("GET", "HEAD"), Readiness(self.pools))),
+            Route("/v1/chat/completions", AllowMethods(("POST",), proxy)),
+            Route("/v1/messages", AllowMethods(("POST",), proxy)),
+            Route("/v1/messages/count_tokens", AllowMethods(("POST",), count_tokens)),
+            Route("/v1/models", AllowMethods(("GET",), models)),
+            Route("/v1/models/{model:path}", AllowMethods(("GET",), models)),
+            Route("/healthz", AllowMethods(("GET", "HEAD"), health)),
+            Route("/readyz", AllowMethods(("GET", "HEAD"), Readiness(self.pools))),
         ]
         metrics_endpoint: ASGIApp = MetricsEndpoint(self.metrics, self.pools)
         if config.admin_token:
             metrics_endpoint = AdminGuard(metrics_endpoint, config.admin_token)
             keys = AdminGuard(KeysEndpoint(self.pools), config.admin_token)
-            routes.append(Route("/admin/keys", Only(("GET",), keys)))
-        routes.append(Route("/metrics", Only(("GET",), metrics_endpoint)))
+            routes.append(Route("/admin/keys", AllowMethods(("GET",), keys)))
+        routes.append(Route("/metrics", AllowMethods(("GET",), metrics_endpoint)))
         router = Router(
             routes=routes,
-            default=Only(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"), not_found),
+            default=AllowMethods(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"), not_found),
         )
         stack: list[tuple[Any, dict[str, Any]]] = [
             (MetricsMiddleware, {"metrics": self.metrics, "clock": clock}),

@@ -1,31 +1,23 @@
-"""Client authentication (AuthMiddleware) and per-client policy (ClientLimitsMiddleware).
+"""AuthMiddleware: client authentication, before any body is read (the per-client policy is in `client_limits`).
 
-AuthMiddleware runs first, before any body is read: a `/v1/*` request must present a configured client key as
+It runs first, before any body is read: a `/v1/*` request must present a configured client key as
 `Authorization: Bearer` or `x-api-key`, else 401. Keys are known only by their SHA-256 digests; a presented key is
 hashed, looked up by digest, and confirmed with `hmac.compare_digest`. The client found is put in the scope
 (`scope["state"]["megagate.client"]`) for the layers inside. With no clients configured the gateway is open.
-
-ClientLimitsMiddleware runs once the request is parsed (inside DefaultsMiddleware): a model outside the client's
-allowlist (also one named in its `fallback_models`) gets 403, and a client over its `rpm` / `tpm` gets 429 with a
-Retry-After, counted with the same sliding windows as the upstream key scheduler (one window per client).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from megagate.asgi import ASGIApp, Receive, Scope, Send, header, send_error
 from megagate.config import ClientConfig
-from megagate.core.errors import AuthenticationFailed, PermissionDenied, RateLimited
-from megagate.core.outcome import Outcome
-from megagate.core.scheduler import KeyLimits, KeyScheduler, Lease
-from megagate.middleware.rotation import estimate_tokens
-from megagate.state import get_state, route_format, route_path
+from megagate.core.errors import AuthenticationFailed
+from megagate.core.scheduler import KeyLimits, KeyScheduler
+from megagate.state import route_format, route_path
 
 CLIENT_KEY = "megagate.client"
 
@@ -99,48 +91,3 @@ class AuthMiddleware:
             return
         scope.setdefault("state", {})[CLIENT_KEY] = client
         await self.app(scope, receive, send)
-
-
-class ClientLimitsMiddleware:
-    def __init__(
-        self, app: ASGIApp, *, clock: Callable[[], float] = time.monotonic, default_max_tokens: int = 1024
-    ) -> None:
-        self.app = app
-        self.clock = clock
-        self.default_max_tokens = default_max_tokens
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        client = get_client(scope) if scope["type"] == "http" else None
-        state = get_state(scope) if client is not None else None
-        if client is None or state is None:
-            await self.app(scope, receive, send)
-            return
-        request = state.request
-        for model in [request.model, *(request.fallback_models or ())]:
-            if not client.config.allows(model):
-                raise PermissionDenied(f"This client may not use the model '{model}'.", param="model")
-        if client.windows is None:
-            await self.app(scope, receive, send)
-            return
-        tokens = estimate_tokens(request, self.default_max_tokens)
-        lease = client.windows.acquire(tokens, self.clock())
-        if not isinstance(lease, Lease):
-            wait = lease.seconds if lease.seconds is not None else 1.0
-            raise RateLimited(
-                f"This client is over its rate limit ({_limits(client.config)}); retry in {wait:.1f} s.",
-                retry_after=wait,
-            )
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            used = state.usage.total_tokens if state.usage is not None else None
-            client.windows.release(lease, Outcome.SUCCESS, self.clock(), tokens_used=used)
-
-
-def _limits(config: ClientConfig) -> str:
-    parts: list[Any] = []
-    if config.rpm:
-        parts.append(f"{config.rpm} requests/min")
-    if config.tpm:
-        parts.append(f"{config.tpm} tokens/min")
-    return ", ".join(parts)

@@ -1,4 +1,4 @@
-"""MetricsMiddleware: observe every request once, at its end, into `megagate.metrics.Metrics`.
+"""MetricsMiddleware: observe every request once, at its end, into `megagate.prometheus.Metrics`.
 
 It sits outermost (outside ErrorsMiddleware), so it sees the status the client got, also for errors. Per request
 it counts the route, model, client and status class; times the whole answer and its first body byte; adds tokens,
@@ -11,8 +11,8 @@ import time
 from collections.abc import Callable
 
 from megagate.asgi import ASGIApp, Message, Receive, Scope, Send
-from megagate.metrics import Metrics
 from megagate.middleware.auth import get_client
+from megagate.prometheus import Metrics
 from megagate.state import get_state, route_path
 
 

@@ -1,0 +1,66 @@
+"""ClientLimitsMiddleware: what an authenticated client may do, once its request is parsed.
+
+It runs inside DefaultsMiddleware: a model outside the client's allowlist (also one named in its `fallback_models`)
+gets 403, and a client over its `rpm` / `tpm` gets 429 with a Retry-After, counted with the same sliding windows as
+the upstream key scheduler (one window per client, held by `auth.Client`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from megagate.asgi import ASGIApp, Receive, Scope, Send
+from megagate.config import ClientConfig
+from megagate.core.errors import PermissionDenied, RateLimited
+from megagate.core.outcome import Outcome
+from megagate.core.scheduler import Lease
+from megagate.middleware.auth import get_client
+from megagate.middleware.rotation import estimate_tokens
+from megagate.state import get_state
+
+
+class ClientLimitsMiddleware:
+    def __init__(
+        self, app: ASGIApp, *, clock: Callable[[], float] = time.monotonic, default_max_tokens: int = 1024
+    ) -> None:
+        self.app = app
+        self.clock = clock
+        self.default_max_tokens = default_max_tokens
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        client = get_client(scope) if scope["type"] == "http" else None
+        state = get_state(scope) if client is not None else None
+        if client is None or state is None:
+            await self.app(scope, receive, send)
+            return
+        request = state.request
+        for model in [request.model, *(request.fallback_models or ())]:
+            if not client.config.allows(model):
+                raise PermissionDenied(f"This client may not use the model '{model}'.", param="model")
+        if client.windows is None:
+            await self.app(scope, receive, send)
+            return
+        tokens = estimate_tokens(request, self.default_max_tokens)
+        lease = client.windows.acquire(tokens, self.clock())
+        if not isinstance(lease, Lease):
+            wait = lease.seconds if lease.seconds is not None else 1.0
+            raise RateLimited(
+                f"This client is over its rate limit ({_limits(client.config)}); retry in {wait:.1f} s.",
+                retry_after=wait,
+            )
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            used = state.usage.total_tokens if state.usage is not None else None
+            client.windows.release(lease, Outcome.SUCCESS, self.clock(), tokens_used=used)
+
+
+def _limits(config: ClientConfig) -> str:
+    parts: list[Any] = []
+    if config.rpm:
+        parts.append(f"{config.rpm} requests/min")
+    if config.tpm:
+        parts.append(f"{config.tpm} tokens/min")
+    return ", ".join(parts)
