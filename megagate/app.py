@@ -1,4 +1,4 @@
-"""Assembles megagate: the routes, the middleware stack, and `app`, the lazily configured ASGI app for hypercorn.
+r"""Assembles megagate: the routes, the middleware stack, and `app`, the lazily configured ASGI app for hypercorn.
 
 Request path (outermost first)::
 

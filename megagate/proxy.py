@@ -27,8 +27,9 @@ from megagate.core.errors import (
     UpstreamStatus,
     UpstreamTimeout,
 )
+from megagate.core.stream_relay import usage_of
 from megagate.disconnect import CancelOnDisconnect
-from megagate.relay import Plan, make_plan, relay_stream, translate_plain, usage_of
+from megagate.relay import Plan, make_plan, relay_stream, stream_relay, translate_plain
 from megagate.routing import choose
 from megagate.state import RequestState, get_state
 from megagate.upstream import Headers, Origin, Transport
@@ -152,7 +153,15 @@ class UpstreamProxy:
                 def error_for(data: bytes) -> UpstreamStatus:
                     return upstream_error(502, data, None, secrets)
 
-                await relay_stream(state, plan, waiting, response.aiter_bytes(), send, error_for)
+                def on_start() -> None:  # the first event is out: the first-byte timeout is over, nothing retries
+                    waiting.deadline = math.inf
+                    state.response_started = True
+
+                relay = stream_relay(state, plan, error_for)
+                try:
+                    await relay_stream(relay, response.aiter_bytes(), send, on_start)
+                finally:
+                    state.usage = relay.usage
                 return
             waiting.deadline = math.inf
             payload = await response.read(MAX_PLAIN_BODY)

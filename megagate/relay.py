@@ -1,40 +1,33 @@
 """How an upstream's answer reaches the client in the client's own format, plain or streamed.
 
-A `Plan` says which format each side speaks. When they match, a plain body is passed on as is and a stream as the
-raw bytes of complete SSE events (no re-encoding, the hot path); when they differ, the body is translated and each
-event goes through a `core.translate_stream` state machine. Either way the relay reads usage, recognises the
-end of the stream (`[DONE]` or `message_stop`) and an error event, and ends a stream that fails after it started
-with an error event in the client's format, never silently.
+A `Plan` says which format each side speaks and what body to send. When they match, a plain body is passed on as
+is; otherwise it is translated. A stream is a short loop around `core.stream_relay.StreamRelay`, which makes every
+decision (what to send, when the answer started, when and how it ended or failed); this module only does the I/O.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import anyio
 import msgspec
 
 from megagate.asgi import Send
-from megagate.core import anthropic
 from megagate.core.errors import (
     Format,
     InvalidRequest,
-    MegagateError,
     UpstreamError,
     UpstreamProtocolError,
-    render_error,
 )
-from megagate.core.schemas import Usage, read_usage
-from megagate.core.sse import ServerSentEvent, SSEDecoder
+from megagate.core.stream_relay import StreamRelay, StreamTranslator
 from megagate.core.translate import (
     anthropic_to_openai_request,
     anthropic_to_openai_response,
     openai_to_anthropic_request,
     openai_to_anthropic_response,
 )
-from megagate.core.translate_stream import DONE, AnthropicToOpenAIStream, OpenAIToAnthropicStream
+from megagate.core.translate_stream import AnthropicToOpenAIStream, OpenAIToAnthropicStream
 from megagate.routing import Target
 from megagate.state import RequestState
 
@@ -86,16 +79,6 @@ def make_plan(state: RequestState, target: Target, created: int) -> Plan:
     return Plan(client, upstream, target.path, body, created)
 
 
-def usage_of(data: bytes, fmt: Format) -> Usage | None:
-    """Usage from an answer or event in format `fmt`, as OpenAI counts it."""
-    if fmt == "openai":
-        return read_usage(data)
-    usage = anthropic.read_usage(data)
-    if usage is None:
-        return None
-    return Usage(usage.input_tokens, usage.output_tokens, usage.input_tokens + usage.output_tokens)
-
-
 def translate_plain(payload: bytes, plan: Plan) -> bytes:
     if not plan.translated:
         return payload
@@ -107,94 +90,37 @@ def translate_plain(payload: bytes, plan: Plan) -> bytes:
         raise UpstreamProtocolError(f"upstream answer could not be translated ({exc})") from None
 
 
-def stream_error_event(error: MegagateError, fmt: Format = "openai") -> bytes:
-    """A final SSE error event in the client's format (OpenAI's then `[DONE]`), to end a stream that failed."""
-    if fmt == "anthropic":
-        return b"event: error\ndata: " + render_error(error, "anthropic") + b"\n\n"
-    return b"data: " + render_error(error) + b"\n\n" + DONE
-
-
-def is_error_event(event: ServerSentEvent, fmt: Format) -> bool:
-    if fmt == "anthropic":
-        return event.event == "error"
-    return event.data.lstrip().startswith(b'{"error"')
-
-
-def is_end_event(event: ServerSentEvent, fmt: Format) -> bool:
-    if fmt == "anthropic":
-        return event.event == "message_stop"
-    return event.data == b"[DONE]"
-
-
-def _translator(plan: Plan, state: RequestState) -> OpenAIToAnthropicStream | AnthropicToOpenAIStream | None:
-    if not plan.translated:
-        return None
-    if plan.upstream == "openai":
-        return OpenAIToAnthropicStream(state.request.model)
-    options = state.request.fields.get("stream_options")
-    include = msgspec.json.decode(options, type=_IncludeUsage).include_usage if options else False
-    return AnthropicToOpenAIStream(state.request.model, plan.created, include_usage=include)
+def stream_relay(state: RequestState, plan: Plan, error_for: Callable[[bytes], UpstreamError]) -> StreamRelay:
+    """The relay for this plan: a translator when the formats differ, none (raw event bytes) when they match."""
+    translator: StreamTranslator | None = None
+    if plan.translated and plan.upstream == "openai":
+        translator = OpenAIToAnthropicStream(state.request.model)
+    elif plan.translated:
+        options = state.request.fields.get("stream_options")
+        include = msgspec.json.decode(options, type=_IncludeUsage).include_usage if options else False
+        translator = AnthropicToOpenAIStream(state.request.model, plan.created, include_usage=include)
+    return StreamRelay(plan.client, plan.upstream, translator, error_for)
 
 
 async def relay_stream(
-    state: RequestState, plan: Plan, waiting: anyio.CancelScope, chunks: Any, send: Send, error_for: Any
+    relay: StreamRelay, chunks: AsyncIterator[bytes], send: Send, on_start: Callable[[], None]
 ) -> None:
-    """Relay an SSE answer. Before the first event is relayed any failure is raised (the layers outside may retry
-    or fall back); after it, the stream is ended with an error event. `error_for(data)` builds the error an
-    upstream error event stands for."""
-    decoder = SSEDecoder()
-    translator = _translator(plan, state)
-    upstream = plan.upstream
-    started = ended = False
-    try:
-        async for chunk in chunks:
-            complete, events = decoder.receive_data(chunk)
-            if not events and not started:
-                continue  # comments or partial events: hold them until there is a real first event
-            if b'"usage"' in complete:
-                for event in events:
-                    state.usage = usage_of(event.data, upstream) or state.usage
-            if translator is None:
-                if not started and is_error_event(events[0], upstream):
-                    raise error_for(events[0].data)
-                # an error event the upstream sent after the start also ends the stream: the client has been told
-                ended = ended or (
-                    bool(events) and (is_end_event(events[-1], upstream) or is_error_event(events[-1], upstream))
-                )
-                out = complete
-            else:
-                out = _translate_events(events, translator, upstream, error_for)
-                ended = ended or translator.finished
-            if not started:
-                started = True
-                waiting.deadline = math.inf  # the first-byte timeout is over
-                state.response_started = True
-                await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
-            if out:
-                await send({"type": "http.response.body", "body": out, "more_body": True})
-        rest, _ = decoder.receive_data(b"")
-        if not started:
-            raise UpstreamProtocolError("upstream closed the stream before sending an event")
-        if not ended:
-            raise UpstreamProtocolError("upstream ended the stream early; the answer may be incomplete")
-    except UpstreamError as failure:
-        if not started:
-            raise
-        # Bytes already reached the client: it cannot be retried, so end it visibly, never as a success.
-        await send({"type": "http.response.body", "body": stream_error_event(failure, plan.client), "more_body": False})
-        return
-    await send({"type": "http.response.body", "body": rest if translator is None else b"", "more_body": False})
-
-
-def _translate_events(events: list[ServerSentEvent], translator: Any, upstream: Format, error_for: Any) -> bytes:
-    out = []
-    for event in events:
-        if is_error_event(event, upstream):
-            raise error_for(event.data)
-        if not event.data:
-            continue
+    """Relay an SSE answer through `relay`. A failure before the first event is raised (the layers outside may
+    retry or fall back); `on_start()` is called just before the first event's headers go out."""
+    iterator = aiter(chunks)
+    done = False
+    while not done:
         try:
-            out.append(translator.feed(event.data))
-        except msgspec.DecodeError as exc:
-            raise UpstreamProtocolError(f"upstream sent an event that could not be translated ({exc})") from None
-    return b"".join(out)
+            output = relay.receive_data(await anext(iterator))
+        except StopAsyncIteration:
+            output, done = relay.receive_data(b""), True
+        except UpstreamError as failure:  # the transport broke: a reset, a read timeout
+            output, done = relay.fail(failure), True
+        if output.error is not None and not output.data:
+            raise output.error  # nothing reached the client yet
+        if output.started:
+            on_start()
+            await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+        if output.data:
+            await send({"type": "http.response.body", "body": output.data, "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})

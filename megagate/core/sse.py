@@ -48,18 +48,21 @@ class SSEDecoder:
         if not data:  # EOF: the spec discards an unterminated event; the bytes still belong to the stream
             rest, self._buffer, self._scanned, self._data, self._event = self._buffer, b"", 0, [], ""
             return rest, []
+        at_boundary = not self._buffer  # the last chunk ended a block
         buffer = self._buffer + data if self._buffer else data
         pos = self._scanned
         if not self._started:
             self._started = True
             if buffer.startswith(BOM):
                 pos = len(BOM)
+        boundary = 0
         if self._skip_lf:
             self._skip_lf = False
             if buffer[pos : pos + 1] == b"\n":
                 pos += 1
+                if at_boundary:  # the LF of a CRLF that ended a block: it belongs to that block's bytes
+                    boundary = pos
         events: list[ServerSentEvent] = []
-        boundary = 0
         size = len(buffer)
         # Cache the next CR and LF so that a long run of lines costs one scan, not one per line.
         next_cr = buffer.find(b"\r", pos)

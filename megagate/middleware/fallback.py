@@ -24,7 +24,7 @@ from megagate.core.errors import (
     UpstreamTimeout,
 )
 from megagate.core.outcome import classify, fallback_switch
-from megagate.relay import stream_error_event
+from megagate.core.stream_relay import stream_error_event
 from megagate.state import RequestState, get_state
 
 logger = logging.getLogger("megagate.fallback")

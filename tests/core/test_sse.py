@@ -118,3 +118,12 @@ def test_decoding_is_chunking_invariant(parts: list[bytes], cuts: list[int]) -> 
 def test_byte_at_a_time_equals_whole(parts: list[bytes]) -> None:
     stream = b"".join(parts)
     assert decode([stream[i : i + 1] for i in range(len(stream))])[1] == decode([stream])[1]
+
+
+def test_a_crlf_split_after_a_block_keeps_its_lf_in_the_relayed_bytes() -> None:
+    """The LF of a CRLF that ended a block arrives in the next chunk; it is that block's byte, not lost (found by the
+    stream relay's chunking property)."""
+    decoder = SSEDecoder()
+    first, events = decoder.receive_data(b"data: a\r\n\r")
+    second, _ = decoder.receive_data(b"\ndata: b\r\n\r\n")
+    assert [e.data for e in events] == [b"a"] and first + second == b"data: a\r\n\r\ndata: b\r\n\r\n"

@@ -1,0 +1,175 @@
+"""The stream relay's decisions, sans-I/O: upstream SSE bytes in, the bytes to send the client out.
+
+Theory of operation. `StreamRelay.receive_data(chunk)` feeds the SSE decoder and returns an `Output`: the bytes to
+send now (the complete events' own bytes on a same-format stream, no re-encoding; translated events otherwise),
+whether this output *starts* the answer (its first event: the caller sends the response headers first and its
+first-byte timeout ends), whether the stream has *ended* as its protocol says (`[DONE]`, `message_stop`), the
+usage seen, and an `error`. `receive_data(b"")` is end of input, as in h11.
+
+Errors and when a stream has started are decided here and only here:
+- before the first event, a failure (an upstream error event, a close with no event) is returned as `error` with
+  nothing to send: the layers outside may still retry on another key or fall back to another model;
+- after it, a failure cannot be retried (the client has bytes): the output carries a final error event in the
+  client's format and `ended`, so every input ends in a well-formed stream or in our own error event, never a
+  silent cut. An upstream error event seen after the start is relayed as it is (it already tells the client).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import msgspec
+
+from megagate.core import anthropic
+from megagate.core.errors import Format, MegagateError, UpstreamError, UpstreamProtocolError, render_error
+from megagate.core.schemas import Usage, read_usage
+from megagate.core.sse import ServerSentEvent, SSEDecoder
+from megagate.core.translate_stream import DONE
+
+HELD_LIMIT = 64 * 1024  # comment bytes kept for the first event; keep-alives past it carry nothing worth keeping
+
+
+class StreamTranslator(Protocol):
+    """A `core.translate_stream` state machine: one upstream event's data in, client-format SSE bytes out."""
+
+    finished: bool
+
+    def feed(self, data: bytes) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    data: bytes = b""  # send these to the client now
+    started: bool = False  # `data` holds the answer's first event: send the response headers before it
+    ended: bool = False  # the stream is over (complete, or closed by our error event in `data`)
+    error: UpstreamError | None = None  # the upstream failed; before the start, raise it (nothing was sent)
+
+
+def stream_error_event(error: MegagateError, fmt: Format) -> bytes:
+    """A final SSE error event in the client's format (OpenAI's then `[DONE]`), to end a stream that failed."""
+    if fmt == "anthropic":
+        return b"event: error\ndata: " + render_error(error, "anthropic") + b"\n\n"
+    return b"data: " + render_error(error) + b"\n\n" + DONE
+
+
+def usage_of(data: bytes, fmt: Format) -> Usage | None:
+    """Usage from an answer or event in format `fmt`, as OpenAI counts it."""
+    if fmt == "openai":
+        return read_usage(data)
+    usage = anthropic.read_usage(data)
+    if usage is None:
+        return None
+    return Usage(usage.input_tokens, usage.output_tokens, usage.input_tokens + usage.output_tokens)
+
+
+def is_error_event(event: ServerSentEvent, fmt: Format) -> bool:
+    if fmt == "anthropic":
+        return event.event == "error"
+    return event.data.lstrip().startswith(b'{"error"')
+
+
+def is_end_event(event: ServerSentEvent, fmt: Format) -> bool:
+    if fmt == "anthropic":
+        return event.event == "message_stop"
+    return event.data == b"[DONE]"
+
+
+class StreamRelay:
+    """One upstream stream relayed to one client. `error_for(data)` builds the error an upstream error event's
+    data stands for (the caller knows which secrets to scrub from it)."""
+
+    def __init__(
+        self,
+        client: Format,
+        upstream: Format,
+        translator: StreamTranslator | None,
+        error_for: Callable[[bytes], UpstreamError],
+    ) -> None:
+        self.client = client
+        self.upstream = upstream
+        self.translator = translator
+        self.error_for = error_for
+        self.decoder = SSEDecoder()
+        self.started = False
+        self.ended = False
+        self.usage: Usage | None = None
+        self.held = b""  # bytes before the first event (comments, keep-alives), up to HELD_LIMIT
+
+    def receive_data(self, chunk: bytes) -> Output:
+        """Feed upstream bytes (b"" at the end of input); get what to do."""
+        at_eof = not chunk
+        try:
+            if at_eof:  # the spec discards an unterminated event; sent on, it would also garble our error event
+                self.decoder.receive_data(b"")
+                complete, events = b"", []
+            else:
+                complete, events = self.decoder.receive_data(chunk)  # raises past the decoder's event-size bound
+        except UpstreamError as failure:
+            return self.fail(failure)
+        if self.ended:  # past the end, a same-format upstream's bytes still pass as they came; nothing else
+            return Output(complete if self.translator is None else b"", ended=True)
+        if b'"usage"' in complete:
+            for event in events:
+                self.usage = usage_of(event.data, self.upstream) or self.usage
+        data, failure = self._client_bytes(complete, events)
+        if at_eof and failure is None and not self.ended:
+            failure = UpstreamProtocolError(
+                "upstream ended the stream early; the answer may be incomplete"
+                if self.started
+                else "upstream closed the stream before sending an event"
+            )
+        if not data:
+            return self.fail(failure) if failure is not None else Output()
+        starts = not self.started
+        self.started = True
+        if failure is not None:  # what came before the failure still goes out, as it would in an earlier chunk
+            return Output(data + self.fail(failure).data, starts, True, failure)
+        return Output(data, starts, self.ended)
+
+    def _client_bytes(self, complete: bytes, events: list[ServerSentEvent]) -> tuple[bytes, UpstreamError | None]:
+        """The client's bytes for these events, and the failure that cut them short, if any."""
+        if self.translator is None:
+            if not events and not self.started:
+                if len(self.held) < HELD_LIMIT:  # comments before the first event go out with it, whatever the chunking
+                    self.held += complete
+                return b"", None
+            if not events:
+                return complete, None
+            if not self.started and is_error_event(events[0], self.upstream):
+                return b"", self.error_for(events[0].data)
+            if not self.started:
+                complete, self.held = self.held + complete, b""
+            # an error event after the start ends the stream too: the client has been told, in the upstream's words
+            upstream = self.upstream
+            self.ended = any(is_end_event(e, upstream) or is_error_event(e, upstream) for e in reversed(events))
+            return complete, None
+        out = []
+        failure: UpstreamError | None = None
+        for event in events:
+            if self.translator.finished:
+                break  # past the end, as in a later chunk
+            if is_error_event(event, self.upstream):
+                failure = self.error_for(event.data)
+                break
+            if not event.data:
+                continue
+            try:
+                out.append(self.translator.feed(event.data))
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                failure = UpstreamProtocolError(f"upstream sent an event that could not be translated ({exc})")
+                break
+        self.ended = self.translator.finished
+        return b"".join(out), failure
+
+    def fail(self, failure: UpstreamError) -> Output:
+        """The upstream failed (a bad event here, or the transport: a reset, a read timeout)."""
+        if self.ended:
+            return Output(ended=True)  # after a complete answer, a broken connection costs the client nothing
+        if not self.started:
+            self.ended = True
+            return Output(error=failure, ended=True)
+        # Bytes already reached the client: it cannot be retried, so end it visibly, never as a success.
+        self.ended = True
+        return Output(stream_error_event(failure, self.client), ended=True, error=failure)
