@@ -100,14 +100,15 @@ class StreamRelay:
     def receive_data(self, chunk: bytes) -> Output:
         """Feed upstream bytes (b"" at the end of input); get what to do."""
         at_eof = not chunk
+        events: list[ServerSentEvent] = []
         try:
             if at_eof:  # the spec discards an unterminated event; sent on, it would also garble our error event
                 self.decoder.receive_data(b"")
-                complete, events = b"", []
+                complete = b""
             else:
                 complete, events = self.decoder.receive_data(chunk)  # raises past the decoder's event-size bound
-        except UpstreamError as failure:
-            return self.fail(failure)
+        except UpstreamError as oversized:
+            return self.fail(oversized)
         if self.ended:  # past the end, a same-format upstream's bytes still pass as they came; nothing else
             return Output(complete if self.translator is None else b"", ended=True)
         if b'"usage"' in complete:
