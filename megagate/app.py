@@ -39,7 +39,7 @@ from megagate.prometheus import Metrics, MetricsEndpoint
 from megagate.proxy import UpstreamProxy
 from megagate.routing import choose
 from megagate.state import route_format
-from megagate.upstream import Timeouts, Transport
+from megagate.upstream import Transport
 from megagate.upstream.fast_transport import FastTransport
 
 logger = logging.getLogger("megagate")
@@ -47,8 +47,7 @@ Clock = Callable[[], float]
 
 
 def build_transport(config: Config) -> Transport:
-    t = config.timeouts
-    timeouts = Timeouts(connect=t.connect, read=t.read, write=t.write, pool=t.pool, first_byte=t.first_byte)
+    timeouts = config.timeouts
     max_connections = max(u.max_connections for u in config.upstreams)
     if config.transport == "httpcore":
         from megagate.upstream.httpcore_transport import HttpcoreTransport
@@ -123,7 +122,7 @@ class Gateway:
             _log_to_stderr("megagate.access")
         proxy = UpstreamProxy(config=config, transport=self.transport)
         count_tokens = CountTokensEndpoint(proxy, config=config)
-        models = ModelsEndpoint(config=config, transport=self.transport, clock=clock)
+        models = ModelsEndpoint(config=config, transport=self.transport, pools=self.pools, clock=clock)
         routes = [
             Route("/v1/chat/completions", AllowMethods(("POST",), proxy)),
             Route("/v1/messages", AllowMethods(("POST",), proxy)),

@@ -5,18 +5,19 @@ A client that sends `anthropic-version` (the Anthropic SDKs, Claude Code) gets A
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import anyio
 import msgspec
 
 from megagate.asgi import Receive, Scope, Send, header, send_json
 from megagate.config import Config, UpstreamConfig
-from megagate.core.anthropic import ANTHROPIC_VERSION
-from megagate.core.errors import MegagateError, NotFound, UpstreamError
+from megagate.core.errors import Format, MegagateError, NoKeyAvailable, NotFound, UpstreamError
+from megagate.core.outcome import Outcome, classify
 from megagate.core.schemas import Model, ModelList, model_list_decoder
+from megagate.pool import KeyPool
 from megagate.proxy import base_path_of, upstream_error
-from megagate.routing import ENDPOINTS, choose
+from megagate.routing import ENDPOINTS, auth_headers, choose
 from megagate.state import route_path
 from megagate.upstream import Origin, Transport
 
@@ -46,8 +47,11 @@ def _anthropic_list(models: list[Model]) -> _AnthropicModelList:
 class ModelsEndpoint:
     """Serves the merged model list. A failed refresh keeps serving the last good list."""
 
-    def __init__(self, *, config: Config, transport: Transport, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, *, config: Config, transport: Transport, pools: Mapping[str, KeyPool], clock: Callable[[], float]
+    ) -> None:
         self.config = config
+        self.pools = pools
         self.transport = transport
         self.clock = clock
         self._models: list[Model] | None = None
@@ -86,7 +90,7 @@ class ModelsEndpoint:
         for upstream in self.config.upstreams:
             try:
                 listed = await self._fetch(upstream)
-            except UpstreamError as exc:
+            except (UpstreamError, NoKeyAvailable) as exc:  # no key free now: the other upstreams still answer
                 logger.warning("model list from upstream %s failed: %s", upstream.name, exc.message)
                 failure = exc
                 continue
@@ -105,20 +109,30 @@ class ModelsEndpoint:
         self._expires_at = self.clock() + self.config.models_cache_ttl
 
     async def _fetch(self, upstream: UpstreamConfig) -> list[Model]:
+        """The upstream's list, asked with a key leased from its pool like any request (it costs the key a
+        request of its budget), released with the outcome."""
         origin = Origin.from_url(upstream.origin_url)
-        base_path = base_path_of(upstream.origin_url)
-        headers = [(b"accept", b"application/json")]
-        keys = upstream.key_configs
-        if upstream.format == "anthropic":
-            headers.append((b"anthropic-version", ANTHROPIC_VERSION))
-            if keys:
-                headers.append((b"x-api-key", keys[0].key.encode()))
-        elif keys:
-            headers.append((b"authorization", b"Bearer " + keys[0].key.encode()))
-        async with self.transport.stream(b"GET", origin, base_path + b"/v1/models", headers, b"") as response:
-            body = await response.read(8 * 1024 * 1024)
-        if response.status >= 400:
-            raise upstream_error(response.status, body, None, tuple(k.key for k in keys))
+        target = base_path_of(upstream.origin_url) + b"/v1/models"
+        pool = self.pools.get(upstream.name)
+        lease = await pool.acquire(0) if pool is not None else None
+        fmt: Format = "anthropic" if upstream.format == "anthropic" else "openai"
+        headers = [(b"accept", b"application/json"), *auth_headers(fmt, lease.key if lease else None)]
+        outcome = Outcome.CANCELLED
+        try:
+            async with self.transport.stream(b"GET", origin, target, headers, b"") as response:
+                body = await response.read(8 * 1024 * 1024)
+            if response.status >= 400:
+                failure = upstream_error(response.status, body, None, (lease.key,) if lease else ())
+                outcome = classify(failure)
+                raise failure
+            outcome = Outcome.SUCCESS
+        except UpstreamError as error:
+            outcome = classify(error)
+            raise
+        finally:
+            if pool is not None and lease is not None:
+                with anyio.CancelScope(shield=True):
+                    await pool.release(lease, outcome)
         try:
             return model_list_decoder.decode(body).data
         except msgspec.DecodeError as exc:

@@ -17,9 +17,8 @@ from typing import Any
 import anyio
 import msgspec
 
-from megagate.asgi import Receive, Scope, Send, send_json
+from megagate.asgi import Receive, Scope, Send, header, send_json
 from megagate.config import Config
-from megagate.core.anthropic import ANTHROPIC_VERSION
 from megagate.core.errors import (
     Format,
     InvalidRequest,
@@ -30,7 +29,7 @@ from megagate.core.errors import (
 from megagate.core.stream_relay import usage_of
 from megagate.disconnect import CancelOnDisconnect
 from megagate.relay import Plan, make_plan, relay_stream, stream_relay, translate_plain
-from megagate.routing import choose
+from megagate.routing import auth_headers, choose
 from megagate.state import RequestState, get_state
 from megagate.upstream import Headers, Origin, Transport
 
@@ -38,7 +37,6 @@ MAX_PLAIN_BODY = 64 * 1024 * 1024
 MAX_ERROR_BODY = 64 * 1024
 # Client headers worth passing on; everything else (auth, cookies, hop-by-hop, host) stays here.
 FORWARDED_HEADERS = frozenset({b"accept", b"user-agent", b"x-request-id"})
-ANTHROPIC_HEADERS = frozenset({b"anthropic-version", b"anthropic-beta"})
 # x-request-id is megagate's own (see AccessLogMiddleware); the upstream's ids stay useful for its support.
 KEPT_RESPONSE_HEADERS = frozenset({b"openai-processing-ms", b"request-id"})
 
@@ -174,16 +172,11 @@ class UpstreamProxy:
     def _headers(scope: Scope, key: str | None, upstream: Format, client: Format) -> Headers:
         headers = [(name, value) for name, value in scope["headers"] if name in FORWARDED_HEADERS]
         headers.append((b"content-type", b"application/json"))
-        if upstream == "anthropic":
-            if client == "anthropic":
-                headers += [(name, value) for name, value in scope["headers"] if name in ANTHROPIC_HEADERS]
-            if not any(name == b"anthropic-version" for name, _ in headers):
-                headers.append((b"anthropic-version", ANTHROPIC_VERSION))
-            if key:
-                headers.append((b"x-api-key", key.encode()))
-        elif key:
-            headers.append((b"authorization", b"Bearer " + key.encode()))
-        return headers
+        version = None
+        if upstream == "anthropic" and client == "anthropic":  # the client's own Anthropic headers pass on
+            version = header(scope, b"anthropic-version")
+            headers += [(name, value) for name, value in scope["headers"] if name == b"anthropic-beta"]
+        return headers + auth_headers(upstream, key, version=version)
 
     @staticmethod
     def _response_headers(upstream: Headers) -> Headers:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from megagate.config import Config, UpstreamConfig
+from megagate.core.anthropic import ANTHROPIC_VERSION
 from megagate.core.errors import Format
 
 Operation = Literal["chat", "count_tokens"]
@@ -59,3 +60,13 @@ def choose(config: Config, model: str, endpoint: Endpoint) -> Target | None:
     other: Format = "openai" if upstream.format == "openai" else "anthropic"
     fmt = endpoint.format if speaks(upstream, endpoint.format) else other
     return Target(upstream, fmt, UPSTREAM_PATHS[fmt])
+
+
+def auth_headers(fmt: Format, key: str | None, *, version: bytes | None = None) -> list[tuple[bytes, bytes]]:
+    """How a pool key is presented to an upstream of format `fmt` (the only writer of upstream credentials):
+    `x-api-key` plus `anthropic-version` (the client's own, else ours) to Anthropic's format, a Bearer token to
+    OpenAI's."""
+    if fmt == "anthropic":
+        headers = [(b"anthropic-version", version or ANTHROPIC_VERSION)]
+        return [*headers, (b"x-api-key", key.encode())] if key else headers
+    return [(b"authorization", b"Bearer " + key.encode())] if key else []

@@ -1,4 +1,4 @@
-"""The upstream HTTP client seam: what megagate needs from a transport, and which one to build from config.
+"""The upstream HTTP client seam: what megagate needs from a transport (timeouts are config's `Timeouts`).
 
 Two implementations sit behind `Transport`: `HttpcoreTransport` (httpcore connections reused from a LIFO kept
 here, not httpcore's pool; see the benchmarks README) and `FastTransport` (anyio byte streams + httptools' parser).
@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import anyio
 
+from megagate.config import Timeouts as Timeouts  # re-exported: the transports take config's own
 from megagate.core.errors import UpstreamProtocolError, UpstreamTimeout
 
 Headers = list[tuple[bytes, bytes]]
@@ -37,15 +38,6 @@ class Origin:
     def host_header(self) -> bytes:
         default = 443 if self.scheme == "https" else 80
         return (self.host if self.port == default else f"{self.host}:{self.port}").encode()
-
-
-@dataclass(frozen=True, slots=True)
-class Timeouts:
-    connect: float = 10.0
-    read: float = 300.0
-    write: float = 30.0
-    pool: float = 10.0
-    first_byte: float = 120.0
 
 
 class UpstreamResponse(Protocol):

@@ -1,0 +1,47 @@
+"""The metrics middleware in process: counters from the attempt records, in-flight back to zero."""
+
+from __future__ import annotations
+
+import pytest
+
+from megagate.upstream.mock import HANG, MockResponse, sse
+from tests.inprocess import CHAT, COMPLETION, call, gateway
+
+pytestmark = pytest.mark.anyio
+
+
+def sample(app: object, name: str, **labels: str) -> float:
+    for metric in app.metrics.registry.collect():  # type: ignore[attr-defined]
+        for s in metric.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+    return 0.0
+
+
+async def test_requests_attempts_tokens_and_in_flight_are_counted() -> None:
+    limited = MockResponse(429, body=[b'{"error":{"message":"slow"}}'])
+    app, _ = gateway([limited, MockResponse(body=[COMPLETION])])
+    await call(app)
+    assert sample(app, "megagate_requests_total", route="/v1/chat/completions", status="2xx") == 1
+    assert sample(app, "megagate_upstream_attempts_total", outcome="rate_limited") == 1
+    assert sample(app, "megagate_upstream_attempts_total", outcome="success") == 1
+    assert sample(app, "megagate_tokens_total", kind="prompt") == 3
+    assert sample(app, "megagate_in_flight", kind="request") == 0
+
+
+async def test_a_local_token_count_is_counted_as_local() -> None:
+    app, transport = gateway([])
+    body = {"model": "gpt-4", "messages": [{"role": "user", "content": "count me"}]}
+    result = await call(app, "/v1/messages/count_tokens", body)
+    assert result.json()["input_tokens"] > 0 and transport.requests == []
+    assert sample(app, "megagate_local_answers_total", reason="no_upstream") == 1
+
+
+async def test_a_cancelled_stream_leaves_nothing_in_flight() -> None:
+    import anyio
+
+    app, _ = gateway([sse(b'data: {"choices":[]}\n\n', HANG)])
+    with anyio.move_on_after(0.05):
+        await call(app, body={**CHAT, "stream": True})
+    assert sample(app, "megagate_in_flight", kind="request") == 0
+    assert sample(app, "megagate_in_flight", kind="stream") == 0
