@@ -167,7 +167,7 @@ class LocalKeyPool:
         now = self._clock()
         reports = []
         for key, state in zip(self._keys, self.scheduler.keys, strict=True):
-            state.prune(now)
+            state.window.prune(now)
             cooling = state.cooldown_until - now
             reports.append(
                 KeyReport(
@@ -178,8 +178,8 @@ class LocalKeyPool:
                     cooling_for=round(cooling, 3) if cooling > 0 else None,
                     cooling_models={m: round(t - now, 3) for m, t in state.model_cooldowns.items() if t > now},
                     in_flight=state.in_flight,
-                    requests_last_minute=len(state.requests),
-                    tokens_last_minute=int(state.token_sum),
+                    requests_last_minute=len(state.window.requests),
+                    tokens_last_minute=int(state.window.token_sum),
                     rpm=state.limits.rpm,
                     tpm=state.limits.tpm,
                     max_concurrency=state.limits.max_concurrency,

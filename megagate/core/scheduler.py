@@ -17,14 +17,14 @@ upstream, not the key. A lease without a model cools the whole key.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from megagate.core.outcome import Outcome
+from megagate.core.window import WINDOW as WINDOW  # re-exported: tests and callers know the window from here
+from megagate.core.window import SlidingWindow
 
-WINDOW = 60.0
 BACKOFF_START = 1.0
 BACKOFF_CAP = 60.0
 TIERS = {"basic": (60, 90_000, 10), "pro": (300, 450_000, 40)}  # MegaLLM's published rpm, tpm, concurrency
@@ -49,14 +49,12 @@ class KeyLimits:
 
 @dataclass(slots=True)
 class KeyState:
-    """One key's live state. `tokens` holds [time, count] pairs so a release can correct its estimate."""
+    """One key's live state: its rpm/tpm window, in-flight count, cooldowns and whether it is disabled."""
 
     id: str
     limits: KeyLimits
+    window: SlidingWindow = field(default_factory=SlidingWindow)
     in_flight: int = 0
-    requests: deque[float] = field(default_factory=deque)
-    tokens: deque[list[float]] = field(default_factory=deque)
-    token_sum: float = 0.0
     cooldown_until: float = 0.0
     model_cooldowns: dict[str, float] = field(default_factory=dict)
     backoff: float = 0.0
@@ -67,13 +65,8 @@ class KeyState:
     last_error: str | None = None
     current_weight: float = 0.0
 
-    def prune(self, now: float) -> None:
-        horizon = now - WINDOW
-        requests, tokens = self.requests, self.tokens
-        while requests and requests[0] <= horizon:
-            requests.popleft()
-        while tokens and tokens[0][0] <= horizon:
-            self.token_sum -= tokens.popleft()[1]
+    def __post_init__(self) -> None:
+        self.window.rpm, self.window.tpm = self.limits.rpm, self.limits.tpm
 
     def cool(self, model: str | None, until: float) -> None:
         """Rest this key until `until`: for `model` only when the failure was about a model, else entirely."""
@@ -95,20 +88,7 @@ class KeyState:
         limits = self.limits
         if limits.max_concurrency is not None and self.in_flight >= limits.max_concurrency:
             return None
-        if limits.rpm is not None and len(self.requests) >= limits.rpm:
-            at = max(at, self.requests[len(self.requests) - limits.rpm] + WINDOW)
-        if limits.tpm is not None and self.token_sum + tokens > limits.tpm and self.tokens:
-            # Tokens expire oldest first: find when enough have left the window. A request larger than the whole
-            # budget is allowed on an empty window, or it could never run.
-            excess = self.token_sum + tokens - limits.tpm
-            for stamp, count in self.tokens:
-                excess -= count
-                if excess <= 0:
-                    at = max(at, stamp + WINDOW)
-                    break
-            else:  # larger than the budget: it runs alone, once the window is empty
-                at = max(at, self.tokens[-1][0] + WINDOW)
-        return at
+        return max(at, self.window.ready_at(tokens, now))
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +145,7 @@ class KeyScheduler:
             if index in exclude:
                 continue
             key = self.keys[index]
-            key.prune(now)
+            key.window.prune(now)
             refused = refused and key.disabled
             at = key.ready_at(tokens, now, model)
             if at is not None and at <= now:
@@ -182,17 +162,7 @@ class KeyScheduler:
     def _choose(self, candidates: list[int], now: float) -> int:
         keys = self.keys
         if self.strategy == "least_busy":
-
-            def headroom(i: int) -> float:
-                limits = keys[i].limits
-                left = [1.0]
-                if limits.rpm:
-                    left.append(1 - len(keys[i].requests) / limits.rpm)
-                if limits.tpm:
-                    left.append(1 - keys[i].token_sum / limits.tpm)
-                return min(left)
-
-            return min(candidates, key=lambda i: (keys[i].in_flight, -headroom(i)))
+            return min(candidates, key=lambda i: (keys[i].in_flight, -keys[i].window.headroom()))
         # weighted: smooth weighted round robin (as nginx): even spread in proportion to weight
         total = 0.0
         best = candidates[0]
@@ -210,10 +180,7 @@ class KeyScheduler:
         if probe:
             key.probing = True
         key.in_flight += 1
-        key.requests.append(now)
-        entry = [now, float(tokens)]
-        key.tokens.append(entry)
-        key.token_sum += tokens
+        entry = key.window.record(tokens, now)
         return Lease(index, key.id, tokens, entry, probe, model)
 
     def release(
@@ -229,9 +196,8 @@ class KeyScheduler:
         """Return a lease with its outcome. Call exactly once per lease, on every path."""
         key = self.keys[lease.index]
         key.in_flight -= 1
-        if tokens_used is not None and lease.entry[0] > now - WINDOW:
-            key.token_sum += tokens_used - lease.entry[1]
-            lease.entry[1] = float(tokens_used)
+        if tokens_used is not None:
+            key.window.settle(lease.entry, tokens_used, now)
         if lease.probe:
             key.probing = False
         if outcome is Outcome.SUCCESS:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from megagate.asgi import ASGIApp, Receive, Scope, Send, header, send_error
 from megagate.config import ClientConfig
 from megagate.core.errors import AuthenticationFailed
-from megagate.core.scheduler import KeyLimits, KeyScheduler
+from megagate.core.window import SlidingWindow
 from megagate.state import route_format, route_path
 
 CLIENT_KEY = "megagate.client"
@@ -27,7 +27,7 @@ class Client:
     """An authenticated client: its configuration and, when it has limits, its own sliding windows."""
 
     config: ClientConfig
-    windows: KeyScheduler | None
+    window: SlidingWindow | None  # its rpm/tpm use, when it has limits (ClientLimitsMiddleware counts it)
 
     @property
     def name(self) -> str:
@@ -56,9 +56,8 @@ class ClientDirectory:
     def __init__(self, clients: Sequence[ClientConfig]) -> None:
         self._by_digest: dict[str, Client] = {}
         for config in clients:
-            limits = KeyLimits(rpm=config.rpm, tpm=config.tpm)
-            windows = KeyScheduler([config.name], [limits]) if config.rpm or config.tpm else None
-            self._by_digest[config.digest] = Client(config, windows)
+            window = SlidingWindow(config.rpm, config.tpm) if config.rpm or config.tpm else None
+            self._by_digest[config.digest] = Client(config, window)
 
     def __bool__(self) -> bool:
         return bool(self._by_digest)

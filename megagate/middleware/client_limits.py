@@ -14,8 +14,6 @@ from typing import Any
 from megagate.asgi import ASGIApp, Receive, Scope, Send
 from megagate.config import ClientConfig
 from megagate.core.errors import PermissionDenied, RateLimited
-from megagate.core.outcome import Outcome
-from megagate.core.scheduler import Lease
 from megagate.middleware.auth import get_client
 from megagate.middleware.rotation import estimate_tokens
 from megagate.state import get_state
@@ -39,22 +37,25 @@ class ClientLimitsMiddleware:
         for model in [request.model, *(request.fallback_models or ())]:
             if not client.config.allows(model):
                 raise PermissionDenied(f"This client may not use the model '{model}'.", param="model")
-        if client.windows is None:
+        window = client.window
+        if window is None:
             await self.app(scope, receive, send)
             return
         tokens = estimate_tokens(request, self.default_max_tokens)
-        lease = client.windows.acquire(tokens, self.clock())
-        if not isinstance(lease, Lease):
-            wait = lease.seconds if lease.seconds is not None else 1.0
+        now = self.clock()
+        window.prune(now)
+        wait = window.ready_at(tokens, now) - now
+        if wait > 0:
             raise RateLimited(
                 f"This client is over its rate limit ({_limits(client.config)}); retry in {wait:.1f} s.",
                 retry_after=wait,
             )
+        entry = window.record(tokens, now)
         try:
             await self.app(scope, receive, send)
         finally:
-            used = state.usage.total_tokens if state.usage is not None else None
-            client.windows.release(lease, Outcome.SUCCESS, self.clock(), tokens_used=used)
+            if state.usage is not None:
+                window.settle(entry, state.usage.total_tokens, self.clock())
 
 
 def _limits(config: ClientConfig) -> str:
