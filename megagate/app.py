@@ -21,7 +21,7 @@ from starlette.routing import Route, Router
 
 from megagate.admin import AdminGuard, KeysEndpoint
 from megagate.asgi import ASGIApp, Receive, Scope, Send, send_error, send_json
-from megagate.config import Config, load_config
+from megagate.config import Config, load_config, prometheus_multiprocess
 from megagate.core.errors import ConfigError, InvalidRequest, NotFound
 from megagate.count_tokens import CountTokensEndpoint
 from megagate.middleware.access_log import AccessLogMiddleware
@@ -37,7 +37,7 @@ from megagate.models import ModelsEndpoint
 from megagate.pool import KeyPool, LocalKeyPool
 from megagate.prometheus import Metrics, MetricsEndpoint
 from megagate.proxy import UpstreamProxy
-from megagate.routing import choose
+from megagate.routing import ENDPOINTS, choose
 from megagate.state import route_format
 from megagate.upstream import Transport
 from megagate.upstream.fast_transport import FastTransport
@@ -117,16 +117,23 @@ class Gateway:
             for u in config.upstreams
             if u.keys
         }
-        self.metrics = Metrics(model_cap=config.metrics_model_cap)
+        self.metrics = Metrics(model_cap=config.metrics_model_cap, multiprocess=prometheus_multiprocess())
         if config.access_log:
             _log_to_stderr("megagate.access")
+        app: ASGIApp = self._router(clock)
+        for cls, kwargs in reversed(self._stack(clock)):
+            app = cls(app, **kwargs)
+        self.app = app
+
+    def _router(self, clock: Clock) -> Router:
+        """The routes: each client endpoint (`routing.ENDPOINTS`) to the app serving its operation, then the
+        model list and the operator routes."""
+        config = self.config
         proxy = UpstreamProxy(config=config, transport=self.transport)
-        count_tokens = CountTokensEndpoint(proxy, config=config)
+        serving: dict[str, ASGIApp] = {"chat": proxy, "count_tokens": CountTokensEndpoint(proxy, config=config)}
         models = ModelsEndpoint(config=config, transport=self.transport, pools=self.pools, clock=clock)
-        routes = [
-            Route("/v1/chat/completions", AllowMethods(("POST",), proxy)),
-            Route("/v1/messages", AllowMethods(("POST",), proxy)),
-            Route("/v1/messages/count_tokens", AllowMethods(("POST",), count_tokens)),
+        routes = [Route(path, AllowMethods(("POST",), serving[e.operation])) for path, e in ENDPOINTS.items()]
+        routes += [
             Route("/v1/models", AllowMethods(("GET",), models)),
             Route("/v1/models/{model:path}", AllowMethods(("GET",), models)),
             Route("/healthz", AllowMethods(("GET", "HEAD"), health)),
@@ -138,41 +145,32 @@ class Gateway:
             keys = AdminGuard(KeysEndpoint(self.pools), config.admin_token)
             routes.append(Route("/admin/keys", AllowMethods(("GET",), keys)))
         routes.append(Route("/metrics", AllowMethods(("GET",), metrics_endpoint)))
-        router = Router(
-            routes=routes,
-            default=AllowMethods(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"), not_found),
-        )
-        stack: list[tuple[Any, dict[str, Any]]] = [
+        everything = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+        return Router(routes=routes, default=AllowMethods(everything, not_found))
+
+    def _stack(self, clock: Clock) -> list[tuple[Any, dict[str, Any]]]:
+        """The middlewares, outermost first (see the module docstring for why each sits where it does)."""
+        config = self.config
+        defaults = {
+            "default_model": config.default_model,
+            "defaults": config.defaults,
+            "aliases": config.aliases,
+            "max_body_bytes": config.max_body_bytes,
+            "body_timeout": config.body_timeout,
+        }
+        hedging = config.hedging
+        rotation = {"pools": self.pools, "route": partial(choose, config), "rotation": config.rotation, "clock": clock}
+        return [
             (MetricsMiddleware, {"metrics": self.metrics, "clock": clock}),
             (AccessLogMiddleware, {"clock": clock}),
             (ErrorsMiddleware, {"debug": config.debug}),
             (AuthMiddleware, {"clients": config.clients}),
-            (
-                DefaultsMiddleware,
-                {
-                    "default_model": config.default_model,
-                    "defaults": config.defaults,
-                    "aliases": config.aliases,
-                    "max_body_bytes": config.max_body_bytes,
-                    "body_timeout": config.body_timeout,
-                },
-            ),
+            (DefaultsMiddleware, defaults),
             (ClientLimitsMiddleware, {"clock": clock, "default_max_tokens": config.rotation.default_max_tokens}),
             (FallbackMiddleware, {"chains": config.fallbacks, "deadline": config.timeouts.total}),
-            *(
-                [(HedgingMiddleware, {"delay": config.hedging.delay, "models": config.hedging.models})]
-                if config.hedging
-                else []
-            ),
-            (
-                RotationMiddleware,
-                {"pools": self.pools, "route": partial(choose, config), "rotation": config.rotation, "clock": clock},
-            ),
+            *([(HedgingMiddleware, {"delay": hedging.delay, "models": hedging.models})] if hedging else []),
+            (RotationMiddleware, rotation),
         ]
-        app: ASGIApp = router
-        for cls, kwargs in reversed(stack):
-            app = cls(app, **kwargs)
-        self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":

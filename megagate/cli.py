@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import os
 import sys
 from functools import partial
 from pathlib import Path
@@ -128,10 +127,12 @@ def hash_key(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from megagate.config import log_level
+
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     logging.getLogger("megagate").addHandler(handler)
-    logging.getLogger("megagate").setLevel(os.environ.get("MEGAGATE_LOG_LEVEL", "INFO"))
+    logging.getLogger("megagate").setLevel(log_level())
     parser = argparse.ArgumentParser(prog="megagate", description="An LLM API gateway in front of MegaLLM.")
     commands = parser.add_subparsers(dest="command", required=True)
     serve_parser = commands.add_parser("serve", help="run the gateway under hypercorn (reads ./hypercorn.toml)")

@@ -236,3 +236,13 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
             for entry in clients
         ]
     return config_from_mapping(simple, env)
+
+
+def log_level(environ: Mapping[str, str] | None = None) -> str:
+    """`MEGAGATE_LOG_LEVEL` (default INFO), for `megagate serve` and `demo`."""
+    return (os.environ if environ is None else environ).get("MEGAGATE_LOG_LEVEL", "INFO")
+
+
+def prometheus_multiprocess(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether prometheus-client's multiprocess mode is on (`PROMETHEUS_MULTIPROC_DIR`, the library's own switch)."""
+    return bool((os.environ if environ is None else environ).get("PROMETHEUS_MULTIPROC_DIR"))

@@ -11,7 +11,6 @@ worker's files through prometheus-client's multiprocess collector (gauges sum; k
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,12 +19,11 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from megagate.asgi import Receive, Scope, Send, send_json
 from megagate.pool import KeyPool
+from megagate.routing import ENDPOINTS
 
 # LLM latencies: 10 ms (a cached or tiny answer) to 120 s (a long completion).
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
-KNOWN_ROUTES = frozenset(
-    {"/v1/chat/completions", "/v1/messages", "/v1/messages/count_tokens", "/v1/models", "/healthz", "/readyz"}
-)
+KNOWN_ROUTES = frozenset({*ENDPOINTS, "/v1/models", "/healthz", "/readyz", "/metrics"})
 KEY_STATES = ("active", "cooling", "disabled")
 
 
@@ -45,8 +43,11 @@ class Children:
 
 
 class Metrics:
-    def __init__(self, *, model_cap: int = 100, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, *, model_cap: int = 100, registry: CollectorRegistry | None = None, multiprocess: bool = False
+    ) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
+        self.multiprocess = multiprocess
         self.model_cap = model_cap
         self._models: set[str] = set()
         r = self.registry
@@ -102,7 +103,7 @@ class Metrics:
                     self.key_state(report.upstream, report.id, state).set(1 if report.state == state else 0)
 
     def render(self) -> bytes:
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        if self.multiprocess:
             registry = CollectorRegistry()
             MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             return generate_latest(registry)

@@ -35,6 +35,15 @@ ENDPOINTS: dict[str, Endpoint] = {
 }
 
 
+def endpoint_format(path: str) -> Format:
+    """The format a path speaks, and so the envelope of its errors: its endpoint's, else Anthropic's for anything
+    under `/v1/messages` and OpenAI's for the rest (megagate's own routes answer in OpenAI's shape)."""
+    endpoint = ENDPOINTS.get(path)
+    if endpoint is not None:
+        return endpoint.format
+    return "anthropic" if path.startswith("/v1/messages") else "openai"
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     """Where one attempt is sent: the upstream, the format spoken to it, and the path."""

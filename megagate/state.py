@@ -10,7 +10,7 @@ from megagate.core.errors import Format
 from megagate.core.outcome import Outcome
 from megagate.core.request import ChatRequest
 from megagate.core.schemas import Usage
-from megagate.routing import Endpoint, Target
+from megagate.routing import Endpoint, Target, endpoint_format
 
 SCOPE_KEY = "megagate"
 
@@ -75,5 +75,5 @@ def route_path(scope: MutableMapping[str, Any]) -> str:
 
 
 def route_format(scope: MutableMapping[str, Any]) -> Format:
-    """The API format a path speaks, and so the envelope its errors use."""
-    return "anthropic" if route_path(scope).startswith("/v1/messages") else "openai"
+    """The API format a path speaks, and so the envelope its errors use (`routing.endpoint_format`)."""
+    return endpoint_format(route_path(scope))

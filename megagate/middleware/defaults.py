@@ -27,8 +27,8 @@ from megagate.core.request import (
 from megagate.routing import ENDPOINTS, Endpoint
 from megagate.state import RequestState, route_format, route_path, set_state
 
-CHAT_PATHS = ("/v1/chat/completions",)
-ANTHROPIC_PATHS = ("/v1/messages", "/v1/messages/count_tokens")
+CHAT_PATHS = tuple(path for path, endpoint in ENDPOINTS.items() if endpoint.format == "openai")
+ANTHROPIC_PATHS = tuple(path for path, endpoint in ENDPOINTS.items() if endpoint.format == "anthropic")
 # Anthropic requires max_tokens on a message (a configured default counts), not on a token count.
 REQUIRED = {"/v1/messages": frozenset({"max_tokens"})}
 
