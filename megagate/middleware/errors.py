@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from megagate.asgi import ASGIApp, ClientDisconnected, Message, Receive, Scope, Send, header, send_error
-from megagate.core.errors import MegagateError
+from megagate.core.errors import MegagateError, NoKeyAvailable, UpstreamError
 from megagate.state import get_state, route_format
 
 logger = logging.getLogger("megagate.errors")
@@ -42,7 +42,7 @@ class ErrorsMiddleware:
             if started:
                 logger.warning("error after the response started: %s", error.message)
                 return
-            await send_error(send, self._with_debug(scope, error), route_format(scope))
+            await send_error(send, self._with_debug(scope, _with_attempts(scope, error)), route_format(scope))
         except Exception as exc:
             logger.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
             if not started:
@@ -61,3 +61,13 @@ class ErrorsMiddleware:
             detail += [f"{a.key_id}@{a.upstream}:{a.outcome.value if a.outcome else 'running'}" for a in state.attempts]
         error.message = f"{error.message} [debug: {'; '.join(detail)}]"
         return error
+
+
+def _with_attempts(scope: Scope, error: MegagateError) -> MegagateError:
+    """An upstream or pool failure, told with what was tried (models and key ids, from the attempt records: nothing
+    secret). Only this outermost layer words the message: nothing inside rewrites it on the way out."""
+    state = get_state(scope)
+    if state is None or not state.attempts or not isinstance(error, (UpstreamError, NoKeyAvailable)):
+        return error
+    error.message = f"{error.message} (tried: {', '.join(map(str, state.attempts))})"
+    return error

@@ -106,13 +106,6 @@ class FallbackMiddleware:
                 )
                 last = error
                 if state.response_started or not allowed:
-                    raise _told(error, state, len(candidates)) from None
+                    raise error from None
         assert last is not None  # the chain is never empty, and every way out of the loop but this returns
-        raise _told(last, state, len(candidates))
-
-
-def _told(error: MegagateError, state: RequestState, candidates: int) -> MegagateError:
-    """The error, with what was tried when a chain was in play (model names and key ids: nothing secret)."""
-    if candidates > 1 and state.attempts:
-        error.message = f"{error.message}; tried: {', '.join(map(str, state.attempts))}"
-    return error
+        raise last

@@ -119,9 +119,9 @@ class RotationMiddleware:
 
 
 def _final_error(failures: list[UpstreamError], keys_tried: int) -> UpstreamError:
-    """The last failure, told as the outcome of every try; a 429 carries the soonest Retry-After seen."""
+    """The last failure stands for all (ErrorsMiddleware tells what was tried, from the attempts); a 429 carries
+    the soonest Retry-After seen."""
     last = failures[-1]
-    last.message = f"{last.message} (tried {keys_tried} upstream key{'s' if keys_tried != 1 else ''})"
     if last.status == 429:
         hints = [f.retry_after for f in failures if f.retry_after is not None]
         last.retry_after = min(hints) if hints else 1.0
