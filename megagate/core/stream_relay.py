@@ -144,7 +144,10 @@ class StreamRelay:
                 complete, self.held = self.held + complete, b""
             # an error event after the start ends the stream too: the client has been told, in the upstream's words
             upstream = self.upstream
-            self.ended = any(is_end_event(e, upstream) or is_error_event(e, upstream) for e in reversed(events))
+            last = events[-1]  # the hot path: one event per chunk, the end (if any) last
+            self.ended = is_end_event(last, upstream) or is_error_event(last, upstream)
+            if not self.ended and len(events) > 1:
+                self.ended = any(is_end_event(e, upstream) or is_error_event(e, upstream) for e in events)
             return complete, None
         out = []
         failure: UpstreamError | None = None
