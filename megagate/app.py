@@ -130,7 +130,8 @@ class Gateway:
         model list and the operator routes."""
         config = self.config
         proxy = UpstreamProxy(config=config, transport=self.transport)
-        serving: dict[str, ASGIApp] = {"chat": proxy, "count_tokens": CountTokensEndpoint(proxy, config=config)}
+        count_tokens = CountTokensEndpoint(proxy, config=config)
+        serving: dict[str, ASGIApp] = {"chat": proxy, "embeddings": proxy, "count_tokens": count_tokens}
         models = ModelsEndpoint(config=config, transport=self.transport, pools=self.pools, clock=clock)
         routes = [Route(path, AllowMethods(("POST",), serving[e.operation])) for path, e in ENDPOINTS.items()]
         routes += [

@@ -59,8 +59,15 @@ class UpstreamConfig(_Config, frozen=True):
     base_url: str
     keys: list[str | KeyConfig] = []
     models: list[str] = msgspec.field(default_factory=lambda: ["*"])
-    format: Literal["openai", "anthropic", "both"] = "openai"
+    # what it speaks: one format, "both" (chat completions and messages, as MegaLLM), or a list of formats
+    format: Literal["openai", "anthropic", "both"] | list[Literal["openai", "anthropic", "responses"]] = "openai"
     max_connections: PositiveInt = 256
+
+    @property
+    def formats(self) -> frozenset[str]:
+        if self.format == "both":
+            return frozenset({"openai", "anthropic"})
+        return frozenset([self.format] if isinstance(self.format, str) else self.format)
 
     def serves(self, model: str) -> bool:
         return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)

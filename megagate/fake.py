@@ -1,6 +1,7 @@
 """A MegaLLM stand-in for tests, demos and benchmarks: `python -m megagate.fake --port P`.
 
-Speaks the OpenAI chat format (plain and SSE), Anthropic's `/v1/messages` (see `fake_anthropic`) and `/v1/models`,
+Speaks the OpenAI chat format (plain and SSE), Anthropic's `/v1/messages` (see `fake_anthropic`), the Responses
+API and embeddings (see `fake_responses`) and `/v1/models`,
 with a configurable time to first token, tokens per
 second and answer length. Faults are scripted per request, either in an `x-fake-fault` header (a JSON `Fault`) or
 by rules posted to `/_fake/rules` that match on model, key and path (how tests script an upstream behind the
@@ -19,7 +20,7 @@ from typing import Any
 import anyio
 import msgspec
 
-from megagate import fake_anthropic
+from megagate import fake_anthropic, fake_responses
 from megagate.asgi import read_body
 from megagate.core.schemas import (
     ChatCompletion,
@@ -80,7 +81,9 @@ MODELS = (
 )
 
 MAX_BODY = 64 * 1024 * 1024
-ANSWERED = frozenset({"/v1/chat/completions", "/v1/messages", "/v1/messages/count_tokens"})
+ANSWERED = frozenset(
+    {"/v1/chat/completions", "/v1/messages", "/v1/messages/count_tokens", "/v1/responses", "/v1/embeddings"}
+)
 _encoder = msgspec.json.Encoder()
 _any = msgspec.json.Decoder(Any)
 
@@ -98,7 +101,9 @@ class Fault(msgspec.Struct, kw_only=True, omit_defaults=True):
     drop_after: int | None = None  # streams: drop the connection after this many content events
     error_after: int | None = None  # streams: send an error event after this many content events
     stall_after: int | None = None  # streams: go silent (connection open) after this many content events
-    tool: str | None = None  # call this tool (when offered) instead of the first one, with `tool_input`
+    tool: str | None = (
+        None  # call this tool (when offered) instead of the first one, with `tool_input`; "none": no call
+    )
     tool_input: dict[str, Any] | None = None
 
 
@@ -200,6 +205,16 @@ class FakeUpstream:
         words = answer_words(fault.length)
         if path == "/v1/messages/count_tokens":
             await _send_json(send, 200, fake_anthropic.count_tokens(payload))
+            return
+        if path == "/v1/embeddings":
+            await _send_json(send, 200, fake_responses.embeddings(payload))
+            return
+        if path == "/v1/responses":
+            ident = f"resp_fake_{next(self._ids)}"
+            if payload.get("stream"):
+                await fake_responses.stream(ident, payload, words, fault, send)
+            else:
+                await _send_json(send, 200, fake_responses.answer(ident, payload, words, fault))
             return
         if path == "/v1/messages":
             ident = f"msg_fake_{next(self._ids)}"

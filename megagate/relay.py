@@ -8,7 +8,7 @@ decision (what to send, when the answer started, when and how it ended or failed
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -20,7 +20,9 @@ from megagate.core.errors import (
     UpstreamError,
     UpstreamProtocolError,
 )
-from megagate.core.stream_relay import StreamRelay, StreamTranslator
+from megagate.core.responses import ToolName, chat_to_responses_answer, responses_to_chat_request
+from megagate.core.responses_stream import ChatToResponsesStream
+from megagate.core.stream_relay import ChainedStream, StreamRelay, StreamTranslator
 from megagate.core.translate import (
     anthropic_to_openai_request,
     anthropic_to_openai_response,
@@ -28,7 +30,7 @@ from megagate.core.translate import (
     openai_to_anthropic_response,
 )
 from megagate.core.translate_stream import AnthropicToOpenAIStream, OpenAIToAnthropicStream
-from megagate.routing import Target
+from megagate.routing import COUNT_TOKENS_PATH, EMBEDDINGS_PATH, Target
 from megagate.state import RequestState
 
 SSE_HEADERS = [
@@ -52,54 +54,76 @@ class Plan:
     path: bytes
     body: bytes
     created: int  # Unix time stamped on translated OpenAI answers
+    tools: dict[str, ToolName] = field(default_factory=dict)  # Responses clients: chat tool names mapped back
+    dropped_tools: list[str] = field(default_factory=list)  # hosted tools the upstream cannot run, left out
 
     @property
     def translated(self) -> bool:
         return self.client != self.upstream
 
 
+def _translate_request(client: Format, upstream: Format, decoded: Any, plan: Plan) -> Any:
+    if client == "responses":
+        chat = responses_to_chat_request(decoded)
+        plan.tools, plan.dropped_tools = chat.tools, chat.dropped_tools
+        return openai_to_anthropic_request(chat.body) if upstream == "anthropic" else chat.body
+    if client == "anthropic":
+        return anthropic_to_openai_request(decoded)
+    return openai_to_anthropic_request(decoded)
+
+
 def make_plan(state: RequestState, target: Target, created: int) -> Plan:
     """What to send where: the request as is, or translated into the upstream's format."""
     client, upstream = state.format, target.format
-    body = state.request.encode()
-    if client != upstream:
-        decoded = _any.decode(body)
-        translate = anthropic_to_openai_request if client == "anthropic" else openai_to_anthropic_request
-        try:
-            translated = translate(decoded)
-        except (AttributeError, TypeError, KeyError, ValueError):
-            # Validation owns only what megagate needs, so a field of the wrong shape (a message's content a
-            # number, a tool without its function) reaches the translator; it is the request's fault, told as such.
-            name = "OpenAI" if upstream == "openai" else "Anthropic"
-            raise InvalidRequest(
-                f"The request could not be translated to the {name} format of the upstream serving "
-                f"'{state.request.model}': a message, content block or tool has an unexpected shape."
-            ) from None
-        body = _encoder.encode(translated)
-    return Plan(client, upstream, target.path, body, created)
+    plan = Plan(client, upstream, target.path, state.request.encode(), created)
+    if client == upstream or target.path in (COUNT_TOKENS_PATH, EMBEDDINGS_PATH):
+        return plan
+    try:
+        translated = _translate_request(client, upstream, _any.decode(plan.body), plan)
+    except (AttributeError, TypeError, KeyError, ValueError):
+        # Validation owns only what megagate needs, so a field of the wrong shape (a message's content a number,
+        # a tool without its function) reaches the translator; it is the request's fault, told as such.
+        raise InvalidRequest(
+            f"The request could not be translated to the {upstream} format of the upstream serving "
+            f"'{state.request.model}': a message, content block or tool has an unexpected shape."
+        ) from None
+    plan.body = _encoder.encode(translated)
+    return plan
 
 
 def translate_plain(payload: bytes, plan: Plan) -> bytes:
     if not plan.translated:
         return payload
     try:
+        if plan.client == "responses":
+            chat = anthropic_to_openai_response(payload, plan.created) if plan.upstream == "anthropic" else payload
+            return chat_to_responses_answer(chat, plan.tools, plan.created)
         if plan.upstream == "openai":
             return openai_to_anthropic_response(payload)
         return anthropic_to_openai_response(payload, plan.created)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise UpstreamProtocolError(f"upstream answer could not be translated ({exc})") from None
 
 
 def stream_relay(state: RequestState, plan: Plan, error_for: Callable[[bytes], UpstreamError]) -> StreamRelay:
     """The relay for this plan: a translator when the formats differ, none (raw event bytes) when they match."""
-    translator: StreamTranslator | None = None
-    if plan.translated and plan.upstream == "openai":
-        translator = OpenAIToAnthropicStream(state.request.model)
-    elif plan.translated:
-        options = state.request.fields.get("stream_options")
-        include = msgspec.json.decode(options, type=_IncludeUsage).include_usage if options else False
-        translator = AnthropicToOpenAIStream(state.request.model, plan.created, include_usage=include)
-    return StreamRelay(plan.client, plan.upstream, translator, error_for)
+    return StreamRelay(plan.client, plan.upstream, _translator(state, plan), error_for)
+
+
+def _translator(state: RequestState, plan: Plan) -> StreamTranslator | None:
+    if not plan.translated:
+        return None
+    model = state.request.model
+    if plan.client == "anthropic":
+        return OpenAIToAnthropicStream(model)
+    if plan.client == "responses":
+        responses = ChatToResponsesStream(model, plan.created, plan.tools)
+        if plan.upstream == "openai":
+            return responses
+        return ChainedStream(AnthropicToOpenAIStream(model, plan.created, include_usage=True), responses)
+    options = state.request.fields.get("stream_options")
+    include = msgspec.json.decode(options, type=_IncludeUsage).include_usage if options else False
+    return AnthropicToOpenAIStream(model, plan.created, include_usage=include)
 
 
 async def relay_stream(

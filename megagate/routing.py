@@ -15,9 +15,20 @@ from megagate.config import Config, UpstreamConfig
 from megagate.core.anthropic import ANTHROPIC_VERSION
 from megagate.core.errors import Format
 
-Operation = Literal["chat", "count_tokens"]
-UPSTREAM_PATHS: dict[Format, bytes] = {"openai": b"/v1/chat/completions", "anthropic": b"/v1/messages"}
+Operation = Literal["chat", "count_tokens", "embeddings"]
+UPSTREAM_PATHS: dict[Format, bytes] = {
+    "openai": b"/v1/chat/completions",
+    "anthropic": b"/v1/messages",
+    "responses": b"/v1/responses",
+}
 COUNT_TOKENS_PATH = b"/v1/messages/count_tokens"
+EMBEDDINGS_PATH = b"/v1/embeddings"
+# For each client format, the upstream formats megagate can serve it from, best (no translation) first.
+SERVED_FROM: dict[Format, tuple[Format, ...]] = {
+    "openai": ("openai", "anthropic"),
+    "anthropic": ("anthropic", "openai"),
+    "responses": ("responses", "openai", "anthropic"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +43,8 @@ ENDPOINTS: dict[str, Endpoint] = {
     "/v1/chat/completions": Endpoint("openai"),
     "/v1/messages": Endpoint("anthropic"),
     "/v1/messages/count_tokens": Endpoint("anthropic", "count_tokens"),
+    "/v1/responses": Endpoint("responses"),
+    "/v1/embeddings": Endpoint("openai", "embeddings"),
 }
 
 
@@ -54,7 +67,7 @@ class Target:
 
 
 def speaks(upstream: UpstreamConfig, fmt: Format) -> bool:
-    return upstream.format in (fmt, "both")
+    return fmt in upstream.formats
 
 
 def choose(config: Config, model: str, endpoint: Endpoint) -> Target | None:
@@ -63,12 +76,15 @@ def choose(config: Config, model: str, endpoint: Endpoint) -> Target | None:
     if endpoint.operation == "count_tokens":  # only an Anthropic-format upstream counts tokens; no translation
         upstream = next((u for u in serving if speaks(u, "anthropic")), None)
         return Target(upstream, "anthropic", COUNT_TOKENS_PATH) if upstream is not None else None
-    upstream = next((u for u in serving if speaks(u, endpoint.format)), serving[0] if serving else None)
-    if upstream is None:
-        return None
-    other: Format = "openai" if upstream.format == "openai" else "anthropic"
-    fmt = endpoint.format if speaks(upstream, endpoint.format) else other
-    return Target(upstream, fmt, UPSTREAM_PATHS[fmt])
+    if endpoint.operation == "embeddings":  # only the OpenAI format has embeddings
+        upstream = next((u for u in serving if speaks(u, "openai")), None)
+        return Target(upstream, "openai", EMBEDDINGS_PATH) if upstream is not None else None
+    # the first upstream (config order) in the best format the client can be served from
+    for fmt in SERVED_FROM[endpoint.format]:
+        for upstream in serving:
+            if speaks(upstream, fmt):
+                return Target(upstream, fmt, UPSTREAM_PATHS[fmt])
+    return None
 
 
 def auth_headers(fmt: Format, key: str | None, *, version: bytes | None = None) -> list[tuple[bytes, bytes]]:

@@ -12,7 +12,7 @@ from typing import Literal
 
 import msgspec
 
-Format = Literal["openai", "anthropic"]
+Format = Literal["openai", "anthropic", "responses"]  # a wire format; the Responses API errors in OpenAI's envelope
 
 
 class MegagateError(Exception):

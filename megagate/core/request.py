@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -25,7 +25,7 @@ INT64_MAX = 2**63 - 1  # the largest integer an upstream parses; a larger one is
 # Fields megagate consumes (MegaLLM's fallback API); they never go upstream.
 FALLBACK_FIELDS = ("fallback_models", "fallback_on_rate_limit", "fallback_on_error")
 # Besides `messages`, what the model reads as prompt (Anthropic's `system`; both formats' `tools`).
-PROMPT_FIELDS = ("system", "tools")
+PROMPT_FIELDS = ("system", "tools", "instructions")
 
 
 class _Role(msgspec.Struct):
@@ -88,6 +88,18 @@ OPENAI_RULES: Mapping[str, FieldRule] = {
     "stream": rule(bool, "a boolean"),
     **FALLBACK_RULES,
 }
+
+# The Responses API (`/v1/responses`): its own names for the seed's parameters; `input` is checked for its shape.
+RESPONSES_RULES: Mapping[str, FieldRule] = {
+    "model": OPENAI_RULES["model"],
+    "temperature": OPENAI_RULES["temperature"],
+    "top_p": OPENAI_RULES["top_p"],
+    "max_output_tokens": rule(int, "an integer", at_least(1)),
+    "stream": OPENAI_RULES["stream"],
+    **FALLBACK_RULES,
+}
+EMBEDDINGS_RULES: Mapping[str, FieldRule] = {"model": OPENAI_RULES["model"], **FALLBACK_RULES}
+Shape = Literal["messages", "input"]  # what a request carries its prompt in
 
 _messages_decoder = msgspec.json.Decoder(list[_Role])
 _types_of = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
@@ -214,17 +226,31 @@ def _check_messages(fields: RawFields) -> int:
     return len(raw)
 
 
+def _check_input(fields: RawFields) -> int:
+    """`input` (Responses, embeddings) is a string or an array when present; what is inside is the upstream's."""
+    raw = fields.get("input")
+    if raw is None:
+        return 0
+    if bytes(memoryview(raw)[:1]) not in (b'"', b"["):
+        raise InvalidRequest(
+            f"Invalid type for 'input': expected a string or an array, but got {_describe(raw)}.", param="input"
+        )
+    return len(raw)
+
+
 def prepare_chat_request(
     body: bytes,
     defaults: RequestDefaults,
     rules: Mapping[str, FieldRule] = OPENAI_RULES,
     required: frozenset[str] = frozenset(),
+    shape: Shape = "messages",
 ) -> ChatRequest:
     """Validate `body`, fill defaults and lift out what megagate routes on. Raises InvalidRequest.
 
     `required` names fields that must be present once defaults are filled (Anthropic's `max_tokens`)."""
     fields = decode_fields(body)
-    prompt_bytes = _check_messages(fields) + sum(len(fields[name]) for name in PROMPT_FIELDS if name in fields)
+    prompt = _check_messages(fields) if shape == "messages" else _check_input(fields)
+    prompt_bytes = prompt + sum(len(fields[name]) for name in PROMPT_FIELDS if name in fields)
     values = {name: _check_field(name, raw, rules[name]) for name, raw in fields.items() if name in rules}
     dirty = False
     if values.get("model") is None:
@@ -238,7 +264,7 @@ def prepare_chat_request(
                 values[name] = rules[name].decoder.decode(raw)
             dirty = True
     for name in required:
-        if values.get(name) is None:
+        if (values.get(name) if name in rules else fields.get(name)) is None:
             raise InvalidRequest(f"Missing required parameter: '{name}'.", param=name)
     for name in FALLBACK_FIELDS:
         if fields.pop(name, None) is not None:
@@ -248,7 +274,7 @@ def prepare_chat_request(
         body=body,
         model=values["model"],
         stream=bool(values.get("stream")),
-        max_tokens=values.get("max_tokens") or values.get("max_completion_tokens"),
+        max_tokens=values.get("max_tokens") or values.get("max_completion_tokens") or values.get("max_output_tokens"),
         prompt_bytes=prompt_bytes,
         fallback_models=values.get("fallback_models"),
         dirty=dirty,

@@ -24,6 +24,8 @@ import msgspec
 
 from megagate.core import anthropic
 from megagate.core.errors import Format, MegagateError, UpstreamError, UpstreamProtocolError, render_error
+from megagate.core.responses import response_object
+from megagate.core.responses_stream import failed_response, responses_event
 from megagate.core.schemas import Usage, read_usage
 from megagate.core.sse import ServerSentEvent, SSEDecoder
 from megagate.core.translate_stream import DONE
@@ -34,9 +36,34 @@ HELD_LIMIT = 64 * 1024  # comment bytes kept for the first event; keep-alives pa
 class StreamTranslator(Protocol):
     """A `core.translate_stream` state machine: one upstream event's data in, client-format SSE bytes out."""
 
-    finished: bool
+    @property
+    def finished(self) -> bool: ...
 
     def feed(self, data: bytes) -> bytes: ...
+
+    def fail(self, error: MegagateError) -> bytes | None:
+        """The terminal event for a stream that broke after it started, or None for the format's generic one."""
+        ...
+
+
+class ChainedStream:
+    """Two translators in a row (Anthropic → chat → Responses): the first's events are decoded and fed on."""
+
+    def __init__(self, first: StreamTranslator, second: StreamTranslator) -> None:
+        self.first = first
+        self.second = second
+        self.decoder = SSEDecoder()
+
+    @property
+    def finished(self) -> bool:
+        return self.second.finished
+
+    def feed(self, data: bytes) -> bytes:
+        _, events = self.decoder.receive_data(self.first.feed(data))
+        return b"".join(self.second.feed(event.data) for event in events if event.data)
+
+    def fail(self, error: MegagateError) -> bytes | None:
+        return self.second.fail(error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,9 +75,13 @@ class Output:
 
 
 def stream_error_event(error: MegagateError, fmt: Format) -> bytes:
-    """A final SSE error event in the client's format (OpenAI's then `[DONE]`), to end a stream that failed."""
+    """A final SSE error event in the client's format (OpenAI's then `[DONE]`; the Responses API's
+    `response.failed`), to end a stream that failed."""
     if fmt == "anthropic":
         return b"event: error\ndata: " + render_error(error, "anthropic") + b"\n\n"
+    if fmt == "responses":
+        response = failed_response(error, response_object("resp_megagate", "", 0, [], "failed", None))
+        return responses_event("response.failed", {"sequence_number": 0, "response": response})
     return b"data: " + render_error(error) + b"\n\n" + DONE
 
 
@@ -64,15 +95,22 @@ def usage_of(data: bytes, fmt: Format) -> Usage | None:
     return Usage(usage.input_tokens, usage.output_tokens, usage.input_tokens + usage.output_tokens)
 
 
+RESPONSES_ENDS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+
+
 def is_error_event(event: ServerSentEvent, fmt: Format) -> bool:
     if fmt == "anthropic":
         return event.event == "error"
+    if fmt == "responses":
+        return event.event in ("error", "response.failed")
     return event.data.lstrip().startswith(b'{"error"')
 
 
 def is_end_event(event: ServerSentEvent, fmt: Format) -> bool:
     if fmt == "anthropic":
         return event.event == "message_stop"
+    if fmt == "responses":
+        return event.event in RESPONSES_ENDS
     return event.data == b"[DONE]"
 
 
@@ -176,4 +214,5 @@ class StreamRelay:
             return Output(error=failure, ended=True)
         # Bytes already reached the client: it cannot be retried, so end it visibly, never as a success.
         self.ended = True
-        return Output(stream_error_event(failure, self.client), ended=True, error=failure)
+        ending = self.translator.fail(failure) if self.translator is not None else None
+        return Output(ending or stream_error_event(failure, self.client), ended=True, error=failure)

@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 
 from megagate.core import anthropic
+from megagate.core.errors import MegagateError
 from megagate.core.schemas import ChatCompletionChunk, ChunkChoice, Delta, FunctionCall, ToolCall, Usage
 from megagate.core.translate import FINISH_TO_STOP, STOP_TO_FINISH
 
@@ -73,6 +74,9 @@ class OpenAIToAnthropicStream:
         if chunk.usage is not None:
             self.usage = chunk.usage
         return b"".join(out)
+
+    def fail(self, error: MegagateError) -> bytes | None:
+        return None  # Anthropic's generic `error` event says it
 
     def finish(self) -> bytes:
         """The closing events; also what to send if the upstream ended without `[DONE]` after a finish."""
@@ -157,6 +161,9 @@ class AnthropicToOpenAIStream:
         if kind == "message_stop":
             return self.finish()
         return b""  # ping, and events this translator does not know
+
+    def fail(self, error: MegagateError) -> bytes | None:
+        return None  # OpenAI's generic error chunk and `[DONE]` say it
 
     def finish(self) -> bytes:
         if self.finished:

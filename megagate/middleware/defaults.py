@@ -19,41 +19,46 @@ from megagate.config import DEFAULT_MODEL
 from megagate.core.anthropic import ANTHROPIC_RULES
 from megagate.core.errors import InvalidRequest, MegagateError
 from megagate.core.request import (
+    EMBEDDINGS_RULES,
     OPENAI_RULES,
+    RESPONSES_RULES,
     FieldRule,
     RequestDefaults,
+    Shape,
     prepare_chat_request,
 )
 from megagate.routing import ENDPOINTS, Endpoint
 from megagate.state import RequestState, route_format, route_path, set_state
 
-CHAT_PATHS = tuple(path for path, endpoint in ENDPOINTS.items() if endpoint.format == "openai")
-ANTHROPIC_PATHS = tuple(path for path, endpoint in ENDPOINTS.items() if endpoint.format == "anthropic")
-# Anthropic requires max_tokens on a message (a configured default counts), not on a token count.
-REQUIRED = {"/v1/messages": frozenset({"max_tokens"})}
+CHAT_PATHS = tuple(p for p, e in ENDPOINTS.items() if e.format == "openai" and e.operation == "chat")
+ANTHROPIC_PATHS = tuple(p for p, e in ENDPOINTS.items() if e.format == "anthropic")
+# Anthropic requires max_tokens on a message (a configured default counts), not on a token count; an embedding
+# needs its input.
+REQUIRED = {"/v1/messages": frozenset({"max_tokens"}), "/v1/embeddings": frozenset({"input"})}
 
 
 @dataclass(frozen=True, slots=True)
 class _Profile:
-    """How requests on one path are checked: the format's rules, its defaults, required fields."""
+    """How requests on one path are checked: the format's rules, its defaults, required fields, prompt shape."""
 
     rules: Mapping[str, FieldRule]
     defaults: RequestDefaults
     required: frozenset[str] = frozenset()
+    shape: Shape = "messages"
 
 
-def _anthropic_defaults(default_model: str, defaults: Mapping[str, Any]) -> RequestDefaults:
-    """The configured defaults that mean something, and are valid, in Anthropic's format (its temperature is 0..1:
-    a default of 1.5 applies to OpenAI requests only)."""
+def _defaults_for(default_model: str, defaults: Mapping[str, Any], rules: Mapping[str, FieldRule]) -> RequestDefaults:
+    """The configured defaults that mean something, and are valid, in a format (Anthropic's temperature is 0..1: a
+    default of 1.5 applies to OpenAI requests only; `max_tokens` is not a Responses parameter)."""
     kept = {}
     for name, value in defaults.items():
-        if name in ANTHROPIC_RULES:
+        if name in rules:
             try:
-                RequestDefaults.from_values(default_model, {name: value}, ANTHROPIC_RULES)
+                RequestDefaults.from_values(default_model, {name: value}, rules)
             except InvalidRequest:
                 continue
             kept[name] = value
-    return RequestDefaults.from_values(default_model, kept, ANTHROPIC_RULES)
+    return RequestDefaults.from_values(default_model, kept, rules)
 
 
 DEFAULT_MAX_BODY = 10 * 1024 * 1024
@@ -81,12 +86,16 @@ class DefaultsMiddleware:
         body_timeout: float = 30.0,
     ) -> None:
         self.app = app
-        openai = _Profile(OPENAI_RULES, RequestDefaults.from_values(default_model, defaults or {}, OPENAI_RULES))
-        anthropic_defaults = _anthropic_defaults(default_model, defaults or {})
+        configured = defaults or {}
+        openai = _Profile(OPENAI_RULES, RequestDefaults.from_values(default_model, configured, OPENAI_RULES))
+        anthropic = _defaults_for(default_model, configured, ANTHROPIC_RULES)
         self.profiles = {path: openai for path in paths}
         for path in anthropic_paths:
-            required = REQUIRED.get(path, frozenset())
-            self.profiles[path] = _Profile(ANTHROPIC_RULES, anthropic_defaults, required)
+            self.profiles[path] = _Profile(ANTHROPIC_RULES, anthropic, REQUIRED.get(path, frozenset()))
+        responses = _defaults_for(default_model, configured, RESPONSES_RULES)
+        self.profiles["/v1/responses"] = _Profile(RESPONSES_RULES, responses, shape="input")
+        embeddings = _defaults_for(default_model, {}, EMBEDDINGS_RULES)
+        self.profiles["/v1/embeddings"] = _Profile(EMBEDDINGS_RULES, embeddings, REQUIRED["/v1/embeddings"], "input")
         self.aliases = dict(aliases or {})
         self.max_body_bytes = max_body_bytes
         self.body_timeout = body_timeout
@@ -105,7 +114,7 @@ class DefaultsMiddleware:
                 body = await read_body(receive, self.max_body_bytes)
             if body is None:  # a slow drip holds a worker slot: it gets a deadline like everything else
                 raise InvalidRequest(f"The request body did not arrive within {self.body_timeout:g} s.", status=408)
-            request = prepare_chat_request(body, profile.defaults, profile.rules, profile.required)
+            request = prepare_chat_request(body, profile.defaults, profile.rules, profile.required, profile.shape)
         except ClientDisconnected:
             return
         except MegagateError as error:

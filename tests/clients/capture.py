@@ -6,6 +6,7 @@ never the internet; each scenario's requests are written to `tests/clients/fixtu
 through megagate. Run it again when a client releases a new version and commit the new files beside the old.
 
 Clients: Claude Code (npm `@anthropic-ai/claude-code`; pass its `claude` binary with --claude, or have it on PATH),
+Codex CLI (npm `@openai/codex`, --codex or on PATH),
 the `openai` and `anthropic` SDKs, LangChain's `ChatOpenAI` and `ChatAnthropic` (`pip install langchain-openai
 langchain-anthropic`; skipped when not installed).
 """
@@ -108,6 +109,59 @@ def claude_code(binary: str) -> dict[str, tuple[str, Scenario]]:
     }
 
 
+# --- Codex CLI ------------------------------------------------------------------------------------------------
+
+PATCH = "*** Begin Patch\n*** Add File: hello.txt\n+hello from megagate\n*** End Patch\n"
+
+
+def codex(binary: str) -> dict[str, tuple[str, Scenario]]:
+    """Codex CLI with a custom provider (`wire_api = "responses"`) in a temporary CODEX_HOME: one `POST
+    {base_url}/responses` per turn. Which tools it sends depends on the model name (gpt-5: namespace + web_search;
+    gpt-5.5, which it knows: the freeform apply_patch tool, tool_search, reasoning effort, text verbosity)."""
+
+    def run(prompt: str, model: str) -> Scenario:
+        def scenario(url: str, fake: FakeControl) -> None:
+            with tempfile.TemporaryDirectory() as home:
+                work = Path(home) / "work"
+                work.mkdir()
+                (Path(home) / "config.toml").write_text(
+                    f'model = "{model}"\nmodel_provider = "megagate"\n\n[model_providers.megagate]\n'
+                    f'name = "megagate"\nbase_url = "{url}/v1"\nwire_api = "responses"\nenv_key = "MEGAGATE_KEY"\n'
+                )
+                env = {"PATH": os.environ.get("PATH", ""), "HOME": home, "CODEX_HOME": home, "MEGAGATE_KEY": "sk-x"}
+                command = [
+                    binary,
+                    "exec",
+                    "--skip-git-repo-check",
+                    "--json",
+                    "--dangerously-bypass-approvals-and-sandbox",
+                    prompt,
+                ]
+                subprocess.run(command, env=env, cwd=work, capture_output=True, timeout=120, check=True,
+                               stdin=subprocess.DEVNULL)  # fmt: skip
+
+        return scenario
+
+    def plain(url: str, fake: FakeControl) -> None:
+        fake.add_rule({"tool": "none"}, path="/v1/responses")
+        run("Say hi.", "gpt-5")(url, fake)
+
+    def tool_turn(url: str, fake: FakeControl) -> None:
+        fake.add_rule({"tool": "exec_command", "tool_input": {"cmd": "echo megagate-tool-ok"}}, times=1)
+        run("Run: echo megagate-tool-ok", "gpt-5")(url, fake)
+
+    def apply_patch(url: str, fake: FakeControl) -> None:
+        fake.add_rule({"tool": "apply_patch", "tool_input": {"input": PATCH}}, times=1)
+        run("Create hello.txt.", "gpt-5.5")(url, fake)
+
+    how = "codex exec --json --dangerously-bypass-approvals-and-sandbox (commands scripted by the fake), a custom responses provider at the fake, empty CODEX_HOME"
+    return {
+        "plain": (how + ", model gpt-5, a text answer", plain),
+        "tool-turn": (how + ", model gpt-5, an exec_command call, then its output", tool_turn),
+        "apply-patch": (how + ", model gpt-5.5, the freeform apply_patch tool, then its output", apply_patch),
+    }
+
+
 # --- SDKs and LangChain -----------------------------------------------------------------------------------------
 
 
@@ -179,12 +233,16 @@ def _version(package: str) -> str | None:
         return None
 
 
-def scenarios(claude: str | None) -> list[tuple[str, str, str, str, Scenario]]:
+def scenarios(claude: str | None, codex_binary: str | None) -> list[tuple[str, str, str, str, Scenario]]:
     """(client, version, scenario, how, run) for every client found."""
     found: list[tuple[str, str, str, str, Scenario]] = []
     if claude:
         version = subprocess.run([claude, "--version"], capture_output=True, text=True, check=True).stdout.split()[0]
         found += [("claude-code", version, name, how, run) for name, (how, run) in claude_code(claude).items()]
+    if codex_binary:
+        version = subprocess.run([codex_binary, "--version"], capture_output=True, text=True, check=True).stdout
+        version = version.split()[-1]
+        found += [("codex-cli", version, name, how, run) for name, (how, run) in codex(codex_binary).items()]
     python = [
         ("openai-python", "openai", openai_sdk, "chat.completions.create: image + tools, tool result, stream"),
         ("anthropic-python", "anthropic", anthropic_sdk, "messages.create: image + tools, tool result, stream, count"),
@@ -200,6 +258,7 @@ def scenarios(claude: str | None) -> list[tuple[str, str, str, str, Scenario]]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.clients.capture", description=__doc__.splitlines()[0])
     parser.add_argument("--claude", default=shutil.which("claude"), help="the Claude Code binary")
+    parser.add_argument("--codex", default=shutil.which("codex"), help="the Codex CLI binary")
     parser.add_argument("--only", help="capture only this client")
     args = parser.parse_args(argv)
     FIXTURES.mkdir(exist_ok=True)
@@ -207,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
         fake_process = start_fake(Path(tmp))
         fake = FakeControl(fake_process.url)
         try:
-            for client, version, name, how, run in scenarios(args.claude):
+            for client, version, name, how, run in scenarios(args.claude, args.codex):
                 if args.only and client != args.only:
                     continue
                 fake.reset()

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from megagate.routing import endpoint_format
 from tests.conftest import FakeControl, Process, start_gateway
 
 pytestmark = pytest.mark.anyio
@@ -25,11 +26,12 @@ SENT_HEADERS = ("anthropic-version", "anthropic-beta", "user-agent", "accept", "
 ANTHROPIC_EVENTS = frozenset({"message_start", "content_block_start", "content_block_delta", "content_block_stop",
                               "message_delta", "message_stop", "ping"})  # fmt: skip
 # gateway name -> (upstream format, hypercorn worker class)
+SAME = '["openai", "anthropic", "responses"]'  # every client is served in its own format
 GATEWAYS = {
-    "same-format": ("both", "asyncio"),
-    "same-format-trio": ("both", "trio"),
-    "to-openai": ("openai", "asyncio"),
-    "to-anthropic": ("anthropic", "asyncio"),
+    "same-format": (SAME, "asyncio"),
+    "same-format-trio": (SAME, "trio"),
+    "to-openai": ('"openai"', "asyncio"),
+    "to-anthropic": ('"anthropic"', "asyncio"),
 }
 
 
@@ -46,7 +48,7 @@ def gateways(fake_upstream: Process, tmp_path_factory: pytest.TempPathFactory) -
 [[upstreams]]
 name = "fake"
 base_url = "{fake_upstream.url}"
-format = "{fmt}"
+format = {fmt}
 keys = ["sk-mega-replay-key-1111"]
 """
             started[name] = start_gateway(tmp_path_factory.mktemp(name), config, "-k", worker)
@@ -75,7 +77,9 @@ def headers_of(request: dict[str, Any]) -> dict[str, str]:
 def check_answer(path: str, streamed: bool, response: httpx.Response) -> None:
     if not streamed:
         answer = response.json()
-        if path.endswith("count_tokens"):
+        if path == "/v1/responses":
+            assert answer["object"] == "response" and answer["status"] == "completed" and answer["output"]
+        elif path.endswith("count_tokens"):
             assert answer["input_tokens"] > 0
         elif path == "/v1/messages":
             assert answer["type"] == "message" and answer["content"] and answer["stop_reason"]
@@ -84,7 +88,11 @@ def check_answer(path: str, streamed: bool, response: httpx.Response) -> None:
         return
     assert response.headers["content-type"].startswith("text/event-stream")
     blocks = [b for b in response.text.split("\n\n") if b.strip()]
-    if path == "/v1/messages":
+    if path == "/v1/responses":
+        data = [json.loads(line[6:]) for b in blocks for line in b.split("\n") if line.startswith("data: ")]
+        assert data[0]["type"] == "response.created" and data[-1]["type"] == "response.completed", data[-1]
+        assert [d["sequence_number"] for d in data] == list(range(len(data)))
+    elif path == "/v1/messages":
         kinds = [line[7:] for b in blocks for line in b.split("\n") if line.startswith("event: ")]
         assert kinds[0] == "message_start" and kinds[-1] == "message_stop", kinds
         assert set(kinds) <= ANTHROPIC_EVENTS, kinds
@@ -103,7 +111,7 @@ async def test_captured_client_traffic_replays_through_megagate(
     upstream_format = GATEWAYS[gateway_name][0]
     async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
         for request in load(fixture)["requests"]:
-            client_format = "anthropic" if request["path"].startswith("/v1/messages") else "openai"
+            client_format = endpoint_format(request["path"])
             for variant, body in variants(request):
                 fake.reset()
                 response = await http.post(request["path"], json=body, headers=headers_of(request))
@@ -111,11 +119,11 @@ async def test_captured_client_traffic_replays_through_megagate(
                 assert response.status_code == 200, f"{where}: {response.text[:500]}"
                 check_answer(request["path"], bool(body.get("stream")), response)
                 seen = fake.requests()
-                if request["path"].endswith("count_tokens") and upstream_format == "openai":
+                if request["path"].endswith("count_tokens") and upstream_format == '"openai"':
                     assert seen == [] and response.headers["x-megagate-estimate"] == "true"  # answered locally
                     continue
                 assert len(seen) == 1, where
-                if upstream_format in ("both", client_format):
+                if upstream_format == SAME or upstream_format.strip('"') == client_format:
                     assert seen[0]["path"] == request["path"] and seen[0]["body"] == body, where
                     for name in ("anthropic-version", "anthropic-beta"):
                         assert seen[0]["headers"].get(name) == request["headers"].get(name), (where, name)
