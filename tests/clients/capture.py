@@ -154,7 +154,10 @@ def codex(binary: str) -> dict[str, tuple[str, Scenario]]:
         fake.add_rule({"tool": "apply_patch", "tool_input": {"input": PATCH}}, times=1)
         run("Create hello.txt.", "gpt-5.5")(url, fake)
 
-    how = "codex exec --json --dangerously-bypass-approvals-and-sandbox (commands scripted by the fake), a custom responses provider at the fake, empty CODEX_HOME"
+    how = (
+        "codex exec --json --dangerously-bypass-approvals-and-sandbox (commands scripted by the fake), "
+        "a custom responses provider at the fake, empty CODEX_HOME"
+    )
     return {
         "plain": (how + ", model gpt-5, a text answer", plain),
         "tool-turn": (how + ", model gpt-5, an exec_command call, then its output", tool_turn),
