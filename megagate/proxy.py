@@ -28,7 +28,7 @@ from megagate.core.errors import (
 )
 from megagate.core.stream_relay import usage_of
 from megagate.disconnect import CancelOnDisconnect
-from megagate.relay import Plan, make_plan, relay_stream, stream_relay, translate_plain
+from megagate.relay import SSE_HEADERS, Plan, make_plan, relay_stream, stream_relay, told_headers, translate_plain
 from megagate.routing import auth_headers, choose
 from megagate.state import RequestState, get_state
 from megagate.upstream import Headers, Origin, Transport
@@ -115,6 +115,7 @@ class UpstreamProxy:
         key = state.api_key
         origin, base_path = self._origins[target.upstream.name]
         plan = make_plan(state, target, int(self.wall_clock()))
+        state.dropped_tools = plan.dropped_tools
         headers = self._headers(scope, key, target.format, state.format)
         headers.append((b"content-length", str(len(plan.body)).encode()))
         secrets = (key,) if key else ()
@@ -157,7 +158,7 @@ class UpstreamProxy:
 
                 relay = stream_relay(state, plan, error_for)
                 try:
-                    await relay_stream(relay, response.aiter_bytes(), send, on_start)
+                    await relay_stream(relay, response.aiter_bytes(), send, on_start, SSE_HEADERS + told_headers(plan))
                 finally:
                     state.usage = relay.usage
                 return
@@ -166,7 +167,8 @@ class UpstreamProxy:
             state.usage = usage_of(payload, plan.upstream)
             payload = translate_plain(payload, plan)
             state.response_started = True
-            await send_json(send, response.status, payload, self._response_headers(response.headers))
+            headers = self._response_headers(response.headers) + told_headers(plan)
+            await send_json(send, response.status, payload, headers)
 
     @staticmethod
     def _headers(scope: Scope, key: str | None, upstream: Format, client: Format) -> Headers:

@@ -39,6 +39,7 @@ SSE_HEADERS = [
     (b"x-accel-buffering", b"no"),  # ask nginx & co. not to buffer the stream
 ]
 
+DROPPED_TOOLS_HEADER = b"x-megagate-dropped-tools"
 _any = msgspec.json.Decoder(dict[str, Any])
 _encoder = msgspec.json.Encoder()
 
@@ -105,6 +106,11 @@ def translate_plain(payload: bytes, plan: Plan) -> bytes:
         raise UpstreamProtocolError(f"upstream answer could not be translated ({exc})") from None
 
 
+def told_headers(plan: Plan) -> list[tuple[bytes, bytes]]:
+    """Response headers saying what the translation left out (hosted tools the upstream cannot run)."""
+    return [(DROPPED_TOOLS_HEADER, ", ".join(plan.dropped_tools).encode())] if plan.dropped_tools else []
+
+
 def stream_relay(state: RequestState, plan: Plan, error_for: Callable[[bytes], UpstreamError]) -> StreamRelay:
     """The relay for this plan: a translator when the formats differ, none (raw event bytes) when they match."""
     return StreamRelay(plan.client, plan.upstream, _translator(state, plan), error_for)
@@ -127,7 +133,11 @@ def _translator(state: RequestState, plan: Plan) -> StreamTranslator | None:
 
 
 async def relay_stream(
-    relay: StreamRelay, chunks: AsyncIterator[bytes], send: Send, on_start: Callable[[], None]
+    relay: StreamRelay,
+    chunks: AsyncIterator[bytes],
+    send: Send,
+    on_start: Callable[[], None],
+    headers: list[tuple[bytes, bytes]] = SSE_HEADERS,
 ) -> None:
     """Relay an SSE answer through `relay`. A failure before the first event is raised (the layers outside may
     retry or fall back); `on_start()` is called just before the first event's headers go out."""
@@ -144,7 +154,7 @@ async def relay_stream(
             raise output.error  # nothing reached the client yet
         if output.started:
             on_start()
-            await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
         if output.data:
             await send({"type": "http.response.body", "body": output.data, "more_body": True})
     await send({"type": "http.response.body", "body": b"", "more_body": False})

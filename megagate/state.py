@@ -43,6 +43,7 @@ class RequestState:
     usage: Usage | None = None  # the proxy: what the answer says it used
     response_started: bool = False  # the proxy: the client has seen a byte; nothing may be retried after it
     local_answer: str | None = None  # CountTokensEndpoint: why megagate answered itself (a token count)
+    dropped_tools: list[str] = field(default_factory=list)  # the proxy: hosted tools the translation left out
 
     @property
     def served_model(self) -> str:

@@ -22,7 +22,7 @@ COMPLETION = msgspec.json.encode({
 
 
 def gateway(
-    script: list[MockResponse] | Any, *, fmt: str = "openai", keys: list[str] = KEYS, **config: Any
+    script: list[MockResponse] | Any, *, fmt: str | list[str] = "openai", keys: list[str] = KEYS, **config: Any
 ) -> tuple[Gateway, MockTransport]:
     transport = MockTransport(script)
     upstream = {"name": "up", "base_url": "http://upstream.test", "format": fmt, "keys": keys}

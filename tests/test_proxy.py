@@ -126,3 +126,22 @@ async def test_the_target_decides_path_format_and_auth_for_an_anthropic_upstream
     sent = transport.requests[0]
     assert sent.target == b"/v1/messages" and sent.header(b"x-api-key") == KEYS[0].encode()
     assert sent.header(b"anthropic-version") is not None and sent.header(b"authorization") is None
+
+
+async def test_hosted_tools_a_chat_upstream_cannot_run_are_left_out_and_said_so() -> None:
+    app, transport = gateway([MockResponse(body=[COMPLETION])])
+    tools = [{"type": "function", "name": "f", "parameters": {"type": "object"}}, {"type": "web_search"}]
+    result = await call(app, "/v1/responses", {"model": "gpt-4", "input": "hi", "tools": tools})
+    assert result.status == 200 and result.header(b"x-megagate-dropped-tools") == b"web_search"
+    sent = msgspec.json.decode(transport.requests[0].body)
+    assert [t["function"]["name"] for t in sent["tools"]] == ["f"]
+    assert result.json()["output"][0]["content"][0]["text"] == "hello"
+
+
+async def test_a_responses_upstream_gets_the_request_byte_for_byte() -> None:
+    body = b'{"model":"gpt-4","input":"hi","previous_response_id":"resp_1","store":true}'
+    answer = b'{"id":"resp_2","object":"response","output":[]}'
+    app, transport = gateway([MockResponse(body=[answer])], fmt=["responses"])
+    result = await call(app, "/v1/responses", body)
+    assert result.status == 200 and result.body == answer
+    assert transport.requests[0].target == b"/v1/responses" and transport.requests[0].body == body

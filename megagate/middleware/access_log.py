@@ -77,6 +77,8 @@ class AccessLogMiddleware:
             line["stream"] = state.request.stream
             line["attempts"] = len(state.attempts)
             line["keys"] = [attempt.key_id for attempt in state.attempts]
+            if state.dropped_tools:
+                line["dropped_tools"] = state.dropped_tools
             if state.usage is not None:
                 line["prompt_tokens"] = state.usage.prompt_tokens
                 line["completion_tokens"] = state.usage.completion_tokens
