@@ -72,9 +72,9 @@ def completion(text: str | None, calls: list[tuple[str, str, str]], usage: tuple
     if calls:
         message["tool_calls"] = [{"id": i, "type": "function", "function": {"name": n, "arguments": a}}
                                  for i, n, a in calls]  # fmt: skip
-    return {"id": "c9", "object": "chat.completion", "created": 1, "model": "m",
-            "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if calls else "stop"}],
-            "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": sum(usage)}}  # fmt: skip
+    choice = {"index": 0, "message": message, "finish_reason": "tool_calls" if calls else "stop"}
+    counted = {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": sum(usage)}
+    return {"id": "c9", "object": "chat.completion", "created": 1, "model": "m", "choices": [choice], "usage": counted}
 
 
 def chunks(answer: dict[str, Any], cut: int) -> list[bytes]:
@@ -137,7 +137,7 @@ def test_a_streamed_answer_means_what_the_whole_answer_means(
     for item in whole["output"]:  # names and call ids survive: the Responses side sees its own tools
         if item["type"] == "message":
             continue
-        call_id, chat_name, raw = next(c for c in calls if c[0] == item["call_id"])
+        _, chat_name, raw = next(c for c in calls if c[0] == item["call_id"])
         if chat_name == "apply_patch":
             assert item["type"] == "custom_tool_call" and item["name"] == "apply_patch"
             assert item["input"] == (msgspec.json.decode(raw)["input"] if '"input"' in raw else raw)
