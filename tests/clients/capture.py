@@ -217,6 +217,11 @@ def langchain_openai(url: str, fake: FakeControl) -> None:
     for _ in chat.stream("Say hi."):
         pass
     chat.bind_tools([{"type": "function", "function": WEATHER}]).invoke("Weather in Paris?")
+    responses = ChatOpenAI(model=OPENAI_MODEL, base_url=url + "/v1", api_key="sk-capture", max_retries=0,  # type: ignore[arg-type]
+                           use_responses_api=True)  # fmt: skip
+    responses.invoke("Say hi.")
+    for _ in responses.stream("Say hi."):
+        pass
 
 
 def langchain_anthropic(url: str, fake: FakeControl) -> None:
@@ -249,7 +254,12 @@ def scenarios(claude: str | None, codex_binary: str | None) -> list[tuple[str, s
     python = [
         ("openai-python", "openai", openai_sdk, "chat.completions.create: image + tools, tool result, stream"),
         ("anthropic-python", "anthropic", anthropic_sdk, "messages.create: image + tools, tool result, stream, count"),
-        ("langchain-openai", "langchain-openai", langchain_openai, "ChatOpenAI: invoke, stream, bind_tools"),
+        (
+            "langchain-openai",
+            "langchain-openai",
+            langchain_openai,
+            "ChatOpenAI: invoke, stream, bind_tools; use_responses_api=True: invoke, stream",
+        ),
         ("langchain-anthropic", "langchain-anthropic", langchain_anthropic, "ChatAnthropic: invoke, stream, tools"),
     ]
     for client, package, run, how in python:
