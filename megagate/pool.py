@@ -131,7 +131,10 @@ class LocalKeyPool:
                     f"the next probe is in {retry_after:.0f} s.",
                     retry_after=retry_after,
                 )
-            if remaining <= 0 or (answer.seconds is not None and answer.seconds > remaining):
+            # Give up at once only when nothing within the bound can help: no key ready in time and none held back
+            # by concurrency alone (a release could free that one any moment).
+            too_far = answer.seconds is not None and answer.seconds > remaining and not answer.release_helps
+            if remaining <= 0 or too_far:
                 retry_after = answer.seconds if answer.seconds is not None else RETRY_AFTER_UNKNOWN
                 raise NoKeyAvailable(
                     f"All keys of upstream '{self.upstream}' are at their rate limits, cooling down or disabled; "
@@ -142,7 +145,7 @@ class LocalKeyPool:
             released = anyio.Event()
             self._waiters.add(released)
             try:
-                with anyio.move_on_after(answer.seconds if answer.seconds is not None else remaining):
+                with anyio.move_on_after(min(answer.seconds, remaining) if answer.seconds is not None else remaining):
                     await released.wait()
             finally:
                 self._waiters.discard(released)

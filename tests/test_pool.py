@@ -112,3 +112,24 @@ async def test_excluding_every_key_fails_and_auth_failure_disables() -> None:
     assert reports[0].state == "disabled" and reports[0].last_error == "refused"
     assert pool.usable()  # the second key still serves
     assert (await pool.acquire(10)).key == KEYS[1].key
+
+
+async def test_a_key_held_back_only_by_concurrency_is_waited_for() -> None:
+    """One key out of rpm for a minute, the other at max_concurrency: the pool waits for a release (within
+    max_wait) instead of answering 429 at once (issue 15's measured early refusal)."""
+    pool = LocalKeyPool("up", [KeyConfig(key="sk-rpm-key-000001", rpm=1),
+                               KeyConfig(key="sk-busy-key-00002", max_concurrency=1)])  # fmt: skip
+    first = await pool.acquire(1)  # the rpm key: now out of rpm for 60 s
+    busy = await pool.acquire(1)  # the busy key: now at its concurrency
+    assert {first.id, busy.id} == {r.id for r in await pool.report()}
+    async with anyio.create_task_group() as group:
+        got: list[str] = []
+
+        async def wait_for_a_key() -> None:
+            got.append((await pool.acquire(1, max_wait=2.0)).id)
+
+        group.start_soon(wait_for_a_key)
+        await anyio.sleep(0.05)
+        assert got == []
+        await pool.release(busy, Outcome.SUCCESS)
+    assert got == [busy.id]

@@ -85,10 +85,11 @@ class KeyState:
                 del self.model_cooldowns[model]
             else:
                 at = max(at, self.model_cooldowns[model])
+        at = max(at, self.window.ready_at(tokens, now))
         limits = self.limits
-        if limits.max_concurrency is not None and self.in_flight >= limits.max_concurrency:
-            return None
-        return max(at, self.window.ready_at(tokens, now))
+        if limits.max_concurrency is not None and self.in_flight >= limits.max_concurrency and at <= now:
+            return None  # ready but for a free slot: only a release helps
+        return at
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +110,7 @@ class Wait:
 
     seconds: float | None
     refused: bool = False
+    release_helps: bool = False  # some key is held back only by its concurrency: a release may free it any moment
 
 
 class KeyScheduler:
@@ -139,6 +141,7 @@ class KeyScheduler:
         earliest: float | None = None
         candidates: list[int] = []
         refused = True
+        release_helps = False
         count = len(self.keys)
         for offset in range(count):
             index = (self._cursor + offset) % count
@@ -153,11 +156,13 @@ class KeyScheduler:
                     self._cursor = index + 1
                     return self._lease(index, tokens, now, model)
                 candidates.append(index)
-            elif at is not None and (earliest is None or at < earliest):
+            elif at is None:
+                release_helps = True
+            elif earliest is None or at < earliest:
                 earliest = at
         if candidates:
             return self._lease(self._choose(candidates, now), tokens, now, model)
-        return Wait(None if earliest is None else earliest - now, refused)
+        return Wait(None if earliest is None else earliest - now, refused, release_helps)
 
     def _choose(self, candidates: list[int], now: float) -> int:
         keys = self.keys

@@ -150,7 +150,7 @@ def test_rpm_wait_says_when_the_window_frees() -> None:
 def test_concurrency_limit_waits_for_a_release() -> None:
     s = KeyScheduler(["k"], [KeyLimits.for_tier("basic")])
     leases = [s.acquire(1, 0.0) for _ in range(10)]
-    assert s.acquire(1, 0.0) == Wait(None)
+    assert s.acquire(1, 0.0) == Wait(None, release_helps=True)
     s.release(leases[0], Outcome.SUCCESS, 0.1)  # type: ignore[arg-type]
     assert isinstance(s.acquire(1, 0.1), Lease)
 
