@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 from typing import Any
 
+import anyio
 from starlette.routing import Route, Router
 
 from megagate.admin import AdminGuard, KeysEndpoint
@@ -112,11 +114,8 @@ class Gateway:
     def __init__(self, config: Config, *, transport: Transport | None = None, clock: Clock = time.monotonic) -> None:
         self.config = config
         self.transport = transport or build_transport(config)
-        self.pools: dict[str, KeyPool] = {
-            u.name: LocalKeyPool(u.name, u.key_configs, config.rotation, clock=clock)
-            for u in config.upstreams
-            if u.keys
-        }
+        self.redis: Any = None  # the shared store's client (coredis), entered by `running()`
+        self.pools = self._pools(clock)
         self.metrics = Metrics(model_cap=config.metrics_model_cap, multiprocess=prometheus_multiprocess())
         if config.access_log:
             _log_to_stderr("megagate.access")
@@ -173,9 +172,46 @@ class Gateway:
             (RotationMiddleware, rotation),
         ]
 
+    def _pools(self, clock: Clock) -> dict[str, KeyPool]:
+        """One KeyPool per upstream with keys: in this process, or shared through Redis (`[pool] store`)."""
+        config, settings = self.config, self.config.pool
+        upstreams = [u for u in config.upstreams if u.keys]
+        if settings.store == "memory":
+            return {u.name: LocalKeyPool(u.name, u.key_configs, config.rotation, clock=clock) for u in upstreams}
+        import coredis  # an optional dependency: only the Redis store needs it
+
+        from megagate.redis_pool import RedisKeyPool
+
+        timeout = min(config.timeouts.pool, 2.0)
+        assert settings.redis_url is not None  # config validation requires it with store = "redis"
+        self.redis = coredis.Redis.from_url(settings.redis_url, stream_timeout=timeout, connect_timeout=timeout)
+        return {
+            u.name: RedisKeyPool(u.name, u.key_configs, config.rotation, client=self.redis, prefix=settings.prefix,
+                                 lease_ttl=settings.lease_ttl, on_redis_error=settings.on_redis_error,
+                                 workers=settings.workers, timeout=timeout, clock=clock)
+            for u in upstreams
+        }  # fmt: skip
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Gateway]:
+        """The gateway's resources for as long as it serves: the Redis client and the pools' lease renewal. Its
+        own lifespan enters it; an app that mounts the gateway enters it in its lifespan (`async with`)."""
+        async with AsyncExitStack() as stack:
+            stack.push_async_callback(self.aclose)
+            if self.redis is not None:
+                await stack.enter_async_context(self.redis)
+            group = await stack.enter_async_context(anyio.create_task_group())
+            for pool in self.pools.values():
+                if (maintain := getattr(pool, "maintain", None)) is not None:
+                    group.start_soon(maintain)
+            try:
+                yield self
+            finally:
+                group.cancel_scope.cancel()
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send, on_shutdown=self.aclose)
+            await _lifespan(receive, send, lambda: self)
             return
         await self.app(scope, receive, send)
 
@@ -190,23 +226,22 @@ def create_app(
     return Gateway(config if config is not None else load_config(), transport=transport, clock=clock)
 
 
-async def _lifespan(receive: Receive, send: Send, *, on_startup: Any = None, on_shutdown: Any = None) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            try:
-                if on_startup is not None:
-                    on_startup()
-            except ConfigError as exc:
-                logger.error("megagate: bad configuration: %s", exc)
-                await send({"type": "lifespan.startup.failed", "message": f"megagate: bad configuration: {exc}"})
-                return
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            if on_shutdown is not None:
-                await on_shutdown()
-            await send({"type": "lifespan.shutdown.complete"})
-            return
+async def _lifespan(receive: Receive, send: Send, build: Callable[[], Gateway]) -> None:
+    """ASGI lifespan: build (a bad configuration fails start-up with one line), serve inside `running()`, shut down."""
+    message = await receive()
+    if message["type"] != "lifespan.startup":
+        return
+    try:
+        gateway = build()
+    except ConfigError as exc:
+        logger.error("megagate: bad configuration: %s", exc)
+        await send({"type": "lifespan.startup.failed", "message": f"megagate: bad configuration: {exc}"})
+        return
+    async with gateway.running():
+        await send({"type": "lifespan.startup.complete"})
+        while (await receive())["type"] != "lifespan.shutdown":
+            pass
+    await send({"type": "lifespan.shutdown.complete"})
 
 
 class LazyGateway:
@@ -222,13 +257,9 @@ class LazyGateway:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send, on_startup=self._build, on_shutdown=self._shutdown)
+            await _lifespan(receive, send, self._build)
             return
         await self._build()(scope, receive, send)
-
-    async def _shutdown(self) -> None:
-        if self._gateway is not None:
-            await self._gateway.aclose()
 
 
 app = LazyGateway()

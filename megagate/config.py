@@ -125,6 +125,18 @@ class ClientConfig(_Config, frozen=True):
         return self.models is None or any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
 
 
+class PoolSettings(_Config, frozen=True):
+    """Where the key pool's state lives: this process ("memory", the default) or Redis, shared by every worker and
+    replica ("redis", with `redis_url` or MEGAGATE_REDIS_URL)."""
+
+    store: Literal["memory", "redis"] = "memory"
+    redis_url: str | None = None
+    prefix: str = "megagate"  # namespace of megagate's keys in Redis (they hold key ids only, never a secret)
+    lease_ttl: PositiveFloat = 60.0  # seconds a dead worker's slot stays taken; live streams renew theirs
+    on_redis_error: Literal["fail", "local"] = "fail"  # 503 + Retry-After, or local pools at limits / workers
+    workers: PositiveInt = 1  # processes sharing the keys: what the local fallback divides each limit by
+
+
 class Config(_Config, frozen=True):
     default_model: str = DEFAULT_MODEL
     defaults: dict[str, Any] = {}
@@ -144,6 +156,7 @@ class Config(_Config, frozen=True):
     body_timeout: PositiveFloat = 30.0  # seconds to receive a request body (a slow drip gets 408)
     metrics_model_cap: PositiveInt = 100  # distinct model label values before the rest count as "other"
     admin_token: str | None = None  # guards /admin/*; without one the admin routes do not exist
+    pool: PoolSettings = PoolSettings()
 
     def __post_init__(self) -> None:
         if not self.upstreams:
@@ -156,6 +169,8 @@ class Config(_Config, frozen=True):
                 raise ConfigError(f"clients[{index}]: give exactly one of key_sha256 or key")
             if client.key_sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", client.key_sha256):
                 raise ConfigError(f"clients[{index}].key_sha256: must be 64 hex digits (megagate hash-key prints it)")
+        if self.pool.store == "redis" and not self.pool.redis_url:
+            raise ConfigError("pool.redis_url: required with store = \"redis\" (or set MEGAGATE_REDIS_URL)")
         if len({c.digest for c in self.clients}) != len(self.clients):
             raise ConfigError("clients: two clients share a key")
         for index, upstream in enumerate(self.upstreams):
@@ -185,7 +200,13 @@ def _resolve_env(value: Any, path: str, environ: Mapping[str, str]) -> Any:
 
 def config_from_mapping(data: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Config:
     """Build a Config from decoded TOML (or a dict in tests); `env:NAME` strings are resolved from `environ`."""
-    resolved = _resolve_env(dict(data), "", os.environ if environ is None else environ)
+    env = os.environ if environ is None else environ
+    resolved = _resolve_env(dict(data), "", env)
+    if env.get("MEGAGATE_REDIS_URL"):  # the shared store from the environment, in either mode
+        pool = resolved.setdefault("pool", {})
+        if isinstance(pool, dict):
+            pool.setdefault("redis_url", env["MEGAGATE_REDIS_URL"])
+            pool.setdefault("store", "redis")
     clients = resolved.get("clients")
     if isinstance(clients, list):  # a client's raw key is hashed here and kept nowhere
         resolved["clients"] = [_hashed(client) for client in clients]

@@ -136,6 +136,8 @@ class FakeUpstream:
         )
         self.rules: list[Rule] = []
         self.requests: list[Recorded] = []
+        self.in_flight: dict[str, int] = {}  # per key: requests being answered now
+        self.peak_in_flight: dict[str, int] = {}  # per key: the most at once (how tests see over-admission)
         self._ids = itertools.count(1)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -162,10 +164,16 @@ class FakeUpstream:
             await _send_error(send, 404, f"fake upstream: no route {method} {path}")
             return
         fault = self._fault_for(payload, key, path, headers)
-        async with anyio.create_task_group() as group:
-            group.start_soon(_watch_disconnect, receive, record, group.cancel_scope)
-            await self._answer(payload, fault, send, path)
-            group.cancel_scope.cancel()
+        held = key or ""
+        self.in_flight[held] = self.in_flight.get(held, 0) + 1
+        self.peak_in_flight[held] = max(self.peak_in_flight.get(held, 0), self.in_flight[held])
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(_watch_disconnect, receive, record, group.cancel_scope)
+                await self._answer(payload, fault, send, path)
+                group.cancel_scope.cancel()
+        finally:
+            self.in_flight[held] -= 1
 
     def _fault_for(self, payload: dict[str, Any], key: str | None, path: str, headers: dict[str, str]) -> Fault:
         fault = self.default
@@ -298,7 +306,12 @@ class FakeUpstream:
         elif path == "/_fake/requests" and method == "GET":
             await _send_json(send, 200, _encoder.encode(self.requests))
             return
+        elif path == "/_fake/stats" and method == "GET":
+            stats = {"in_flight": self.in_flight, "peak_in_flight": self.peak_in_flight}
+            await _send_json(send, 200, _encoder.encode(stats))
+            return
         elif path == "/_fake/requests" and method == "DELETE":
+            self.peak_in_flight.clear()
             self.requests.clear()
         else:
             await _send_error(send, 404, f"fake upstream: no control route {method} {path}")

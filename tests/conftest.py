@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -102,6 +103,9 @@ class FakeControl:
         self._call("DELETE", "/_fake/requests")
         self._call("DELETE", "/_fake/rules")
 
+    def stats(self) -> dict[str, Any]:
+        return dict(self._call("GET", "/_fake/stats"))
+
     def add_rule(self, fault: dict[str, Any], **match: Any) -> None:
         self._call("POST", "/_fake/rules", {"fault": fault, **match})
 
@@ -138,3 +142,39 @@ def gateway(fake_upstream: Process, tmp_path_factory: pytest.TempPathFactory) ->
     process = start_gateway(tmp_path_factory.mktemp("gateway"), gateway_toml(fake_upstream.url))
     yield process
     process.stop()
+
+
+class RedisServer:
+    """A real redis-server (Debian's package) on a free port, no persistence; stop() and start() again keep the
+    port, as a restarted Redis would (with no state and no cached scripts)."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.port = free_port()
+        self.log = tmp / f"redis-{self.port}.log"
+        self.popen: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--logfile", str(self.log)]  # fmt: skip
+        self.popen = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(self.port, self.popen)
+
+    def stop(self) -> None:
+        if self.popen is not None:
+            self.popen.terminate()
+            self.popen.wait(10)
+            self.popen = None
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not installed (Debian package redis-server; .ci/run installs it)")
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()

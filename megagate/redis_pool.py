@@ -1,0 +1,417 @@
+"""RedisKeyPool: the KeyPool interface over Redis, so that every worker and replica shares one set of key limits.
+
+The policy is the in-process scheduler's (`core.scheduler`), applied atomically by Lua scripts, one round trip per
+acquire and per release, with `redis.call('TIME')` as the clock (replicas' clocks do not matter):
+- rpm and tpm: a 60 s sliding window per key, a sorted set of lease ids by time plus a hash of their token counts
+  (the estimate reserved at acquire, settled against the real usage at release);
+- concurrency: leases with expiry, a sorted set of lease ids scored by when they lapse. Acquire drops lapsed ones,
+  checks, adds; release removes; long streams are renewed by `maintain()` while they run. A worker that dies
+  mid-stream frees its slots within the lease TTL; there is no bare counter to leak;
+- cooldowns (per key and per model, the later deadline kept), disabled keys and their probe, the round-robin
+  cursor: in a hash per key and a counter per upstream.
+Redis holds key ids only (`key-` + 8 hex), never a key. Its keys are `<prefix>:<upstream>:<key id>:<what>`.
+
+When Redis cannot be reached, `on_redis_error` decides: "fail" answers 503 with a Retry-After; "local" serves from
+an in-process pool whose limits are the key's divided by the workers, and goes back to Redis once it answers again.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import anyio
+import coredis
+import coredis.exceptions
+
+from megagate.config import KeyConfig, Rotation
+from megagate.core.errors import MegagateError, NoKeyAvailable, NoUsableKey
+from megagate.core.outcome import Outcome
+from megagate.core.scheduler import KeyLimits
+from megagate.core.secrets import key_id, mask_key
+from megagate.pool import RETRY_AFTER_UNKNOWN, KeyLease, KeyReport, LocalKeyPool
+
+logger = logging.getLogger("megagate.pool")
+POLL = 0.05  # seconds between tries while waiting on keys other processes hold (no pub/sub round trip per release)
+RETRY_REDIS_AFTER = 1.0  # after a failure, the local fallback serves this long before Redis is asked again
+REDIS_ERRORS = (coredis.exceptions.RedisError, OSError, TimeoutError)
+
+_PRUNE = """
+local function prune(win, tokn, lease, now)
+  local old = redis.call('ZRANGEBYSCORE', win, '-inf', now - 60)
+  if #old > 0 then
+    redis.call('HDEL', tokn, unpack(old))
+    redis.call('ZREMRANGEBYSCORE', win, '-inf', now - 60)
+  end
+  redis.call('ZREMRANGEBYSCORE', lease, '-inf', now)
+end
+"""
+ACQUIRE = _PRUNE + """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local tokens, model, lease_id = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local ttl, strategy, n = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
+local cursor = tonumber(redis.call('GET', KEYS[1]) or '0') % n
+local earliest, refused, release_helps = nil, 1, 0
+local best, best_busy, best_probe = nil, nil, 0
+for offset = 0, n - 1 do
+  local i = (cursor + offset) % n
+  local a = 7 + i * 4
+  local rpm, tpm, maxc = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  if ARGV[a + 3] ~= '1' then
+    local k = 2 + i * 5
+    local win, tokn, lease, st, mcool = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
+    prune(win, tokn, lease, now)
+    local disabled = redis.call('HGET', st, 'disabled') == '1'
+    if not disabled then refused = 0 end
+    local at = now
+    if disabled then
+      local probe_at = tonumber(redis.call('HGET', st, 'probe_at') or '0')
+      local probing = redis.call('HGET', st, 'probing')
+      if probing and probing ~= '' and redis.call('ZSCORE', lease, probing) then
+        at = math.max(probe_at, now + 1)
+      elseif now < probe_at then
+        at = probe_at
+      end
+    else
+      at = math.max(now, tonumber(redis.call('HGET', st, 'cool') or '0'))
+      if model ~= '' then
+        local mc = redis.call('HGET', mcool, model)
+        if mc then at = math.max(at, tonumber(mc)) end
+      end
+      local count = redis.call('ZCARD', win)
+      if rpm > 0 and count >= rpm then
+        local oldest = redis.call('ZRANGE', win, count - rpm, count - rpm, 'WITHSCORES')
+        at = math.max(at, tonumber(oldest[2]) + 60)
+      end
+      if tpm > 0 and count > 0 then
+        local entries = redis.call('ZRANGE', win, 0, -1, 'WITHSCORES')
+        local ids = {}
+        for j = 1, #entries, 2 do ids[#ids + 1] = entries[j] end
+        local counts = redis.call('HMGET', tokn, unpack(ids))
+        local sum = 0
+        for j = 1, #counts do sum = sum + (tonumber(counts[j]) or 0) end
+        if sum + tokens > tpm then
+          local excess, freed = sum + tokens - tpm, false
+          for j = 1, #counts do
+            excess = excess - (tonumber(counts[j]) or 0)
+            if excess <= 0 then
+              at = math.max(at, tonumber(entries[j * 2]) + 60)
+              freed = true
+              break
+            end
+          end
+          if not freed then at = math.max(at, tonumber(entries[#entries]) + 60) end
+        end
+      end
+      if maxc > 0 and at <= now and redis.call('ZCARD', lease) >= maxc then
+        at = nil
+        release_helps = 1
+      end
+    end
+    if at ~= nil then
+      if at <= now then
+        local busy = redis.call('ZCARD', lease)
+        if best == nil or busy < best_busy then
+          best, best_busy, best_probe = i, busy, disabled and 1 or 0
+        end
+        if strategy == 'round_robin' then break end
+      elseif earliest == nil or at < earliest then
+        earliest = at
+      end
+    end
+  end
+end
+if best ~= nil then
+  local k = 2 + best * 5
+  redis.call('ZADD', KEYS[k], now, lease_id)
+  redis.call('HSET', KEYS[k + 1], lease_id, tokens)
+  redis.call('ZADD', KEYS[k + 2], now + ttl, lease_id)
+  redis.call('PEXPIRE', KEYS[k], 120000)
+  redis.call('PEXPIRE', KEYS[k + 1], 120000)
+  redis.call('PEXPIRE', KEYS[k + 2], math.ceil(ttl * 2000))
+  if best_probe == 1 then redis.call('HSET', KEYS[k + 3], 'probing', lease_id) end
+  redis.call('SET', KEYS[1], best + 1)
+  return {best, best_probe}
+end
+return {-1, earliest and tostring(earliest - now) or '', refused, release_helps}
+"""
+RELEASE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local win, tokn, lease, st, mcool = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local lease_id, outcome, used, retry_after, model, err = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local probe_interval, threshold, penalty, was_probe = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10]
+redis.call('ZREM', lease, lease_id)
+if used ~= '' and redis.call('ZSCORE', win, lease_id) then redis.call('HSET', tokn, lease_id, used) end
+if redis.call('HGET', st, 'probing') == lease_id then redis.call('HSET', st, 'probing', '') end
+local function cool(until_)
+  if model ~= '' then
+    redis.call('HSET', mcool, model, math.max(tonumber(redis.call('HGET', mcool, model) or '0'), until_))
+  else
+    redis.call('HSET', st, 'cool', math.max(tonumber(redis.call('HGET', st, 'cool') or '0'), until_))
+  end
+end
+if outcome == 'success' then
+  redis.call('HSET', st, 'failures', 0, 'backoff', 0)
+  if was_probe == '1' then redis.call('HSET', st, 'disabled', 0) end
+elseif outcome == 'rate_limited' then
+  local wait = tonumber(retry_after)
+  if wait == nil then
+    local backoff = tonumber(redis.call('HGET', st, 'backoff') or '0')
+    wait = backoff > 0 and math.min(60, backoff * 2) or 1
+    redis.call('HSET', st, 'backoff', wait)
+  end
+  cool(now + wait)
+elseif outcome == 'auth_failed' then
+  redis.call('HSET', st, 'disabled', 1, 'probe_at', now + probe_interval)
+elseif outcome == 'server_error' or outcome == 'timeout' then
+  local failures = redis.call('HINCRBY', st, 'failures', 1)
+  if failures >= threshold then
+    cool(now + penalty)
+    redis.call('HSET', st, 'failures', 0)
+  end
+end
+if err ~= '' and outcome ~= 'success' then redis.call('HSET', st, 'last_error', err) end
+return 1
+"""
+REPORT = _PRUNE + """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local out = {}
+for i = 1, #KEYS, 5 do
+  local win, tokn, lease, st, mcool = KEYS[i], KEYS[i + 1], KEYS[i + 2], KEYS[i + 3], KEYS[i + 4]
+  prune(win, tokn, lease, now)
+  local sum = 0
+  for _, v in ipairs(redis.call('HVALS', tokn)) do sum = sum + tonumber(v) end
+  local models = {}
+  local cooling = redis.call('HGETALL', mcool)
+  for j = 1, #cooling, 2 do
+    local left = tonumber(cooling[j + 1]) - now
+    if left > 0 then models[#models + 1] = cooling[j]; models[#models + 1] = tostring(left) end
+  end
+  out[#out + 1] = {
+    redis.call('HGET', st, 'disabled') or '0',
+    tostring(tonumber(redis.call('HGET', st, 'cool') or '0') - now),
+    redis.call('ZCARD', lease), redis.call('ZCARD', win), tostring(sum),
+    redis.call('HGET', st, 'last_error') or '', models,
+  }
+end
+return out
+"""
+RENEW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+for i = 1, #KEYS do redis.call('ZADD', KEYS[i], 'XX', now + tonumber(ARGV[1]), ARGV[i + 1]) end
+return #KEYS
+"""
+
+
+class PoolUnavailable(MegagateError):
+    """The shared key pool (Redis) does not answer and the deployment chose to fail closed."""
+
+    status = 503
+    type = "api_error"
+
+
+@dataclass(frozen=True, slots=True)
+class _RedisLease:
+    index: int
+    lease_id: str
+    probe: bool
+    model: str | None
+
+
+class RedisKeyPool:
+    """A KeyPool whose windows, leases and cooldowns live in Redis (`client`, entered by the owner)."""
+
+    def __init__(
+        self,
+        upstream: str,
+        keys: Sequence[KeyConfig],
+        rotation: Rotation | None = None,
+        *,
+        client: coredis.Redis[bytes],
+        prefix: str = "megagate",
+        lease_ttl: float = 60.0,
+        on_redis_error: Literal["fail", "local"] = "fail",
+        workers: int = 1,
+        timeout: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.rotation = rotation or Rotation()
+        self.upstream = upstream
+        self.client = client
+        self.lease_ttl = lease_ttl
+        self.on_redis_error = on_redis_error
+        self.timeout = timeout
+        self._clock = clock
+        self._keys = [k.key for k in keys]
+        self._ids = [key_id(k) for k in self._keys]
+        self._limits = [KeyLimits.for_tier(k.tier, rpm=k.rpm, tpm=k.tpm, max_concurrency=k.max_concurrency)
+                        for k in keys]  # fmt: skip
+        self._redis_keys = [[f"{prefix}:{upstream}:{i}:{what}" for what in ("win", "tok", "lease", "st", "mcool")]
+                            for i in self._ids]  # fmt: skip
+        self._cursor_key = f"{prefix}:{upstream}:rr"
+        self._acquire = client.register_script(ACQUIRE)
+        self._release = client.register_script(RELEASE)
+        self._report = client.register_script(REPORT)
+        self._renew = client.register_script(RENEW)
+        self._held: dict[str, int] = {}  # lease id -> key index, renewed by maintain()
+        self._usable = True
+        self._redis_down_until = 0.0
+        self.local = LocalKeyPool(upstream, [_divided(k, workers) for k in keys], rotation, clock=clock)
+
+    # --- KeyPool ---
+
+    async def acquire(
+        self, tokens: int, *, model: str | None = None, exclude: frozenset[str] = frozenset(), max_wait: float = 0.0
+    ) -> KeyLease:
+        if len(set(exclude) & set(self._ids)) == len(self._ids):
+            raise NoKeyAvailable(f"Every key of upstream '{self.upstream}' was already tried for this request.")
+        deadline = self._clock() + max_wait
+        while True:
+            if self._clock() < self._redis_down_until:
+                return await self._fallback(tokens, model, exclude, deadline)
+            lease_id = secrets.token_hex(8)
+            args = self._acquire_args(tokens, model, exclude, lease_id)
+            try:
+                answer = await self._call(self._acquire, self._all_keys(), args)
+            except PoolUnavailable:
+                return await self._fallback(tokens, model, exclude, deadline)
+            index = int(answer[0])
+            if index >= 0:
+                return self._lease(index, bool(int(answer[1])), model, lease_id)
+            seconds = float(answer[1]) if answer[1] else None
+            refused, release_helps = bool(int(answer[2])), bool(int(answer[3]))
+            remaining = deadline - self._clock()
+            if refused:
+                self._usable = False
+                wait = seconds if seconds is not None else RETRY_AFTER_UNKNOWN
+                raise NoUsableKey(
+                    f"no usable upstream key: refused by the upstream (every key of '{self.upstream}' got 401/403); "
+                    f"the next probe is in {wait:.0f} s.",
+                    retry_after=wait,
+                )
+            if remaining <= 0 or (seconds is not None and seconds > remaining and not release_helps):
+                wait = seconds if seconds is not None else RETRY_AFTER_UNKNOWN
+                raise NoKeyAvailable(
+                    f"All keys of upstream '{self.upstream}' are at their rate limits, cooling down or disabled; "
+                    f"retry in {wait:.1f} s.",
+                    retry_after=wait,
+                )
+            # Other processes release without telling us: look again soon, or when the earliest key is ready.
+            await anyio.sleep(min(POLL if release_helps else (seconds or POLL), remaining))
+
+    async def release(
+        self,
+        lease: KeyLease,
+        outcome: Outcome,
+        *,
+        tokens_used: int | None = None,
+        retry_after: float | None = None,
+        error: str | None = None,
+    ) -> None:
+        if not isinstance(lease.handle, _RedisLease):
+            await self.local.release(lease, outcome, tokens_used=tokens_used, retry_after=retry_after, error=error)
+            return
+        handle = lease.handle
+        self._held.pop(handle.lease_id, None)
+        rotation = self.rotation
+        args = [handle.lease_id, outcome.value, "" if tokens_used is None else tokens_used,
+                "" if retry_after is None else retry_after, handle.model or "", (error or "")[:300],
+                rotation.probe_interval, rotation.failure_threshold, rotation.failure_penalty,
+                1 if handle.probe else 0]  # fmt: skip
+        try:
+            await self._call(self._release, self._redis_keys[handle.index], args)
+        except PoolUnavailable:
+            logger.warning("key pool: a release did not reach Redis; its lease lapses within %g s", self.lease_ttl)
+
+    async def report(self) -> list[KeyReport]:
+        try:
+            rows = await self._call(self._report, self._all_keys()[1:], [])
+        except PoolUnavailable:
+            return await self.local.report()
+        reports = []
+        for index, row in enumerate(rows):
+            disabled, cool_left = row[0] == b"1", float(row[1])
+            models = {row[6][j].decode(): round(float(row[6][j + 1]), 3) for j in range(0, len(row[6]), 2)}
+            limits = self._limits[index]
+            reports.append(KeyReport(
+                id=self._ids[index], mask=mask_key(self._keys[index]), upstream=self.upstream,
+                state="disabled" if disabled else "cooling" if cool_left > 0 else "active",
+                cooling_for=round(cool_left, 3) if cool_left > 0 else None, cooling_models=models,
+                in_flight=int(row[2]), requests_last_minute=int(row[3]), tokens_last_minute=int(float(row[4])),
+                rpm=limits.rpm, tpm=limits.tpm, max_concurrency=limits.max_concurrency,
+                last_error=row[5].decode() or None,
+            ))  # fmt: skip
+        self._usable = any(r.state == "active" for r in reports)
+        return reports
+
+    def usable(self) -> bool:
+        return self._usable
+
+    async def maintain(self) -> None:
+        """Renew the leases this process holds (long streams) every third of the TTL, and refresh `usable`. Runs
+        for the life of the process (the Gateway's lifespan task group), cancelled at shutdown."""
+        while True:
+            await anyio.sleep(self.lease_ttl / 3)
+            held = list(self._held.items())
+            if held:
+                keys = [self._redis_keys[index][2] for _, index in held]
+                try:
+                    await self._call(self._renew, keys, [self.lease_ttl, *(lease_id for lease_id, _ in held)])
+                except PoolUnavailable:
+                    continue
+            await self.report()
+
+    # --- internals ---
+
+    def _all_keys(self) -> list[str]:
+        return [self._cursor_key, *(name for names in self._redis_keys for name in names)]
+
+    def _acquire_args(self, tokens: int, model: str | None, exclude: frozenset[str], lease_id: str) -> list[Any]:
+        args: list[Any] = [tokens, model or "", lease_id, self.lease_ttl, self.rotation.strategy, len(self._ids)]
+        for id_, limits in zip(self._ids, self._limits, strict=True):
+            args += [limits.rpm or 0, limits.tpm or 0, limits.max_concurrency or 0, 1 if id_ in exclude else 0]
+        return args
+
+    def _lease(self, index: int, probe: bool, model: str | None, lease_id: str) -> KeyLease:
+        self._held[lease_id] = index
+        handle = _RedisLease(index, lease_id, probe, model)
+        return KeyLease(self._keys[index], self._ids[index], mask_key(self._keys[index]), handle)
+
+    async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """One script call, bounded; Redis' and the network's failures become PoolUnavailable here."""
+        try:
+            with anyio.fail_after(self.timeout):
+                result = await script(keys=keys, args=args)
+        except REDIS_ERRORS as exc:
+            self._redis_down_until = self._clock() + RETRY_REDIS_AFTER
+            logger.warning("key pool: Redis unavailable (%s: %s)", type(exc).__name__, exc)
+            raise PoolUnavailable(
+                "the shared key pool is unavailable; retry shortly", retry_after=RETRY_REDIS_AFTER
+            ) from None
+        self._redis_down_until = 0.0
+        return result
+
+    async def _fallback(self, tokens: int, model: str | None, exclude: frozenset[str], deadline: float) -> KeyLease:
+        if self.on_redis_error == "fail":
+            raise PoolUnavailable("the shared key pool is unavailable; retry shortly", retry_after=RETRY_REDIS_AFTER)
+        wait = max(0.0, deadline - self._clock())
+        return await self.local.acquire(tokens, model=model, exclude=exclude, max_wait=wait)
+
+
+def _divided(key: KeyConfig, workers: int) -> KeyConfig:
+    """A key's limits shared out over `workers` processes, for the local fallback (at least 1 of each)."""
+    limits = KeyLimits.for_tier(key.tier, rpm=key.rpm, tpm=key.tpm, max_concurrency=key.max_concurrency)
+
+    def part(value: int | None) -> int | None:
+        return max(1, value // workers) if value is not None else None
+
+    return KeyConfig(key=key.key, rpm=part(limits.rpm), tpm=part(limits.tpm),
+                     max_concurrency=part(limits.max_concurrency), weight=key.weight)  # fmt: skip
