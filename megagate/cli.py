@@ -48,6 +48,12 @@ def serve(args: argparse.Namespace) -> int:
         config.workers = args.workers
     if args.worker_class:
         config.worker_class = args.worker_class
+    if config.workers > 1 and gateway_config.pool.store == "memory":
+        print(
+            f"megagate: warning: {config.workers} workers with the in-memory key pool: every key's rpm, tpm and "
+            'concurrency are spent once per worker (set [pool] store = "redis" or MEGAGATE_REDIS_URL)',
+            file=sys.stderr,
+        )
     return run(config)
 
 

@@ -170,7 +170,7 @@ class Config(_Config, frozen=True):
             if client.key_sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", client.key_sha256):
                 raise ConfigError(f"clients[{index}].key_sha256: must be 64 hex digits (megagate hash-key prints it)")
         if self.pool.store == "redis" and not self.pool.redis_url:
-            raise ConfigError("pool.redis_url: required with store = \"redis\" (or set MEGAGATE_REDIS_URL)")
+            raise ConfigError('pool.redis_url: required with store = "redis" (or set MEGAGATE_REDIS_URL)')
         if len({c.digest for c in self.clients}) != len(self.clients):
             raise ConfigError("clients: two clients share a key")
         for index, upstream in enumerate(self.upstreams):

@@ -50,7 +50,9 @@ local function prune(win, tokn, lease, now)
   redis.call('ZREMRANGEBYSCORE', lease, '-inf', now)
 end
 """
-ACQUIRE = _PRUNE + """
+ACQUIRE = (
+    _PRUNE
+    + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local tokens, model, lease_id = tonumber(ARGV[1]), ARGV[2], ARGV[3]
@@ -140,6 +142,7 @@ if best ~= nil then
 end
 return {-1, earliest and tostring(earliest - now) or '', refused, release_helps}
 """
+)
 RELEASE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -179,7 +182,9 @@ end
 if err ~= '' and outcome ~= 'success' then redis.call('HSET', st, 'last_error', err) end
 return 1
 """
-REPORT = _PRUNE + """
+REPORT = (
+    _PRUNE
+    + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local out = {}
@@ -203,6 +208,7 @@ for i = 1, #KEYS, 5 do
 end
 return out
 """
+)
 RENEW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000

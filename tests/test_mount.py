@@ -13,25 +13,29 @@ from starlette.routing import Mount, Route
 
 from megagate.app import create_app
 from megagate.config import config_from_mapping
-from tests.conftest import FakeControl, Process
+from tests.conftest import FakeControl, Process, RedisServer
 from tests.middleware.asgi_helpers import Recorder, http_scope, receiver
 
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-async def host_app(fake_upstream: Process) -> AsyncIterator[Any]:
-    """A host app mounting megagate; Mount runs no sub-app lifespan, so the host closes the gateway itself."""
+@pytest.fixture(params=["memory", "redis"])
+async def host_app(
+    fake_upstream: Process, redis_server: RedisServer, request: pytest.FixtureRequest
+) -> AsyncIterator[Any]:
+    """A host app mounting megagate; Mount runs no sub-app lifespan, so the host runs the gateway's resources in
+    its own (`gateway.running()`: the Redis client and lease renewal when the pool is shared)."""
+    pool = {"store": "redis", "redis_url": redis_server.url, "prefix": "mount"} if request.param == "redis" else {}
     config = config_from_mapping(
-        {"upstreams": [{"name": "fake", "base_url": fake_upstream.url, "keys": ["sk-mount-key"]}]}
+        {"pool": pool, "upstreams": [{"name": "fake", "base_url": fake_upstream.url, "keys": ["sk-mount-key"]}]}
     )
     gateway = create_app(config)
 
     async def home(request: Any) -> PlainTextResponse:
         return PlainTextResponse("host app")
 
-    yield Starlette(routes=[Route("/", home), Mount("/llm", app=gateway)])
-    await gateway.aclose()
+    async with gateway.running():
+        yield Starlette(routes=[Route("/", home), Mount("/llm", app=gateway)])
 
 
 async def call(app: Any, method: str, path: str, body: bytes = b"") -> Recorder:

@@ -8,6 +8,7 @@ included; real usage replaces the estimate. Redis also survives a restart (no st
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -50,7 +51,9 @@ def make_pool(request: pytest.FixtureRequest, redis_server: RedisServer) -> Make
 async def test_leases_rotate_and_usage_settles(make_pool: Maker) -> None:
     async with make_pool([KeyConfig(key=KEY_A), KeyConfig(key=KEY_B)]) as pool:
         first, second = await pool.acquire(100), await pool.acquire(100)
-        assert {first.key, second.key} == {KEY_A, KEY_B} and first.mask.endswith("1111") or first.mask.endswith("2222")
+        assert ({first.key, second.key} == {KEY_A, KEY_B} and first.mask.endswith("1111")) or first.mask.endswith(
+            "2222"
+        )
         await pool.release(first, Outcome.SUCCESS, tokens_used=7)
         await pool.release(second, Outcome.SUCCESS)
         reports = {r.mask[-4:]: r for r in await pool.report()}
@@ -133,10 +136,8 @@ async def test_in_flight_never_exceeds_max_concurrency(make_pool: Maker, steps: 
         held = []
         for step, outcome in steps:
             if step == "acquire":
-                try:
+                with contextlib.suppress(NoKeyAvailable):
                     held.append(await pool.acquire(1, max_wait=0))
-                except NoKeyAvailable:
-                    pass
             elif held:
                 await pool.release(held.pop(0), outcome)
             reports = await pool.report()

@@ -91,3 +91,18 @@ def test_serve_without_client_keys_warns_once_and_binds_locally(fake_upstream: P
     warnings = [line for line in server.output().splitlines() if "warning" in line]
     assert len(warnings) == 1 and "no client keys configured" in warnings[0] and "127.0.0.1" in warnings[0]
     assert "sk-mega-serve-test-0001" not in server.output()
+
+
+def test_serve_with_two_workers_and_the_memory_pool_warns_that_limits_are_per_worker(
+    fake_upstream: Process, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = {**os.environ, "MEGALLM_API_KEYS": "sk-mega-serve-test-0002", "MEGALLM_BASE_URL": fake_upstream.url,
+           "MEGAGATE_CLIENT_KEYS": "ci:client-key-serve-0002"}  # fmt: skip
+    env.pop("MEGAGATE_CONFIG", None)
+    env.pop("MEGAGATE_REDIS_URL", None)
+    command = [sys.executable, "-m", "megagate", "serve", "--bind", f"127.0.0.1:{port}", "-w", "2"]
+    server = Process(command, port, tmp_path / "serve.log", env)
+    server.stop()
+    warnings = [line for line in server.output().splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "2 workers with the in-memory key pool" in warnings[0]

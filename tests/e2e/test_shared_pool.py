@@ -1,0 +1,123 @@
+"""Several gateway processes on one Redis share every key's limits: no over-admission, no leaked slot.
+
+Real processes: hypercorn with two workers plus a second gateway on another port, one redis-server, the fake
+upstream recording how many requests each key has in flight at once and when each arrived.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from tests.conftest import FakeControl, Process, RedisServer, start_gateway
+
+pytestmark = pytest.mark.anyio
+
+KEYS = [f"sk-mega-shared-key-{i:04d}" for i in range(7)]
+
+
+def shared_config(fake: Process, redis: RedisServer, keys: list[dict[str, Any]], extra: str = "") -> str:
+    inline = ", ".join("{ " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in key.items()) + " }" for key in keys)
+    return f"""
+access_log = false
+[rotation]
+max_wait = 20
+{extra}
+[pool]
+store = "redis"
+redis_url = "{redis.url}"
+prefix = "shared-{time.monotonic_ns()}"
+lease_ttl = 2
+
+[[upstreams]]
+name = "fake"
+base_url = "{fake.url}/v1"
+keys = [{inline}]
+"""
+
+
+async def ask(http: httpx.AsyncClient, url: str, stream: bool) -> int:
+    body = {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}], "stream": stream}
+    async with http.stream("POST", url + "/v1/chat/completions", json=body) as response:
+        data = await response.aread()
+    if stream and b"[DONE]" not in data:
+        return 599
+    return response.status_code
+
+
+async def test_two_workers_and_a_replica_never_over_admit(
+    fake_upstream: Process, fake: FakeControl, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """200 concurrent requests (plain and streamed) over 7 keys of max_concurrency 3 and rpm 30, through three
+    processes: the upstream never sees a key more than 3 at once or more than 30 times in the minute, and every
+    request is served (capacity remains: each waits for a slot up to max_wait)."""
+    keys = [{"key": k, "max_concurrency": 3, "rpm": 30} for k in KEYS]
+    config = shared_config(fake_upstream, redis_server, keys)
+    (tmp_path / "a").mkdir()
+    workers = start_gateway(tmp_path / "a", config, "-w", "2")
+    replica = start_gateway(tmp_path, config)
+    fake.add_rule({"chunk_delay": 0.02, "length": 5})
+    statuses: list[int] = []
+    try:
+        limits = httpx.Limits(max_connections=300, max_keepalive_connections=300)
+        async with httpx.AsyncClient(timeout=60, limits=limits) as http, anyio.create_task_group() as group:
+
+            async def one(n: int) -> None:
+                statuses.append(await ask(http, (workers, replica)[n % 2].url, stream=n % 3 == 0))
+
+            for n in range(200):
+                group.start_soon(one, n)
+    finally:
+        workers.stop()
+        replica.stop()
+    assert Counter(statuses) == {200: 200}
+    stats, seen = fake.stats(), fake.requests()
+    assert max(stats["peak_in_flight"][k] for k in KEYS) <= 3, stats["peak_in_flight"]
+    per_key = Counter(r["key"] for r in seen)
+    assert sum(per_key.values()) == 200 and max(per_key.values()) <= 30, per_key
+    assert len({r["client_port"] for r in seen}) > 1
+
+
+async def test_a_killed_gateway_frees_its_slot_within_the_lease_ttl(
+    fake_upstream: Process, fake: FakeControl, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Process A holds the only slot in a long stream and is SIGKILLed: process B gets the key within the lease
+    TTL (2 s). A client that leaves a stream frees its slot at once."""
+    config = shared_config(fake_upstream, redis_server, [{"key": KEYS[0], "max_concurrency": 1}],
+                           "max_attempts = 1")  # fmt: skip
+    (tmp_path / "a").mkdir()
+    a, b = start_gateway(tmp_path / "a", config), start_gateway(tmp_path, config)
+    fake.add_rule({"chunk_delay": 0.5, "length": 40})
+    try:
+        async with httpx.AsyncClient(timeout=30) as http:
+            body = {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+            async with http.stream("POST", a.url + "/v1/chat/completions", json=body) as response:
+                async for _ in response.aiter_bytes():
+                    break  # the stream is running on A: A holds the slot
+                os.kill(a.popen.pid, signal.SIGKILL)
+            started = time.monotonic()
+            fake.reset()
+            fake.add_rule({"length": 2})
+            assert await ask(http, b.url, stream=False) == 200  # waited for the dead lease to lapse
+            assert time.monotonic() - started < 2 + 1.5
+            # A client leaving mid-stream on B frees the slot at once: the next request does not wait for the TTL.
+            fake.add_rule({"chunk_delay": 0.5, "length": 40})
+            async with http.stream("POST", b.url + "/v1/chat/completions", json=body) as response:
+                async for _ in response.aiter_bytes():
+                    break
+            fake.reset()
+            started = time.monotonic()
+            assert await ask(http, b.url, stream=False) == 200
+            assert time.monotonic() - started < 1.0
+    finally:
+        a.stop()
+        b.stop()
