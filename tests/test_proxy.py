@@ -10,6 +10,7 @@ import pytest
 from megagate.core.errors import UpstreamProtocolError
 from megagate.upstream.mock import HANG, MockRequest, MockResponse, sse
 from tests.inprocess import CHAT, COMPLETION, KEYS, call, gateway
+from tests.middleware.asgi_helpers import Recorder, http_scope
 
 pytestmark = pytest.mark.anyio
 
@@ -145,3 +146,26 @@ async def test_a_responses_upstream_gets_the_request_byte_for_byte() -> None:
     result = await call(app, "/v1/responses", body)
     assert result.status == 200 and result.body == answer
     assert transport.requests[0].target == b"/v1/responses" and transport.requests[0].body == body
+
+
+async def test_a_client_that_disconnects_cancels_the_upstream_call_at_once() -> None:
+    """ASGI servers only deliver `http.disconnect`: the proxy's watcher turns it into a cancellation of the upstream
+    call, which closes the response and returns the key, without waiting for the upstream."""
+    app, transport = gateway([sse(CHUNK, HANG)])
+    body = msgspec.json.encode({**CHAT, "stream": True})
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    left = anyio.Event()
+
+    async def receive() -> dict[str, object]:
+        if messages:
+            return messages.pop(0)
+        await left.wait()
+        return {"type": "http.disconnect"}
+
+    recorder = Recorder()
+    async with anyio.create_task_group() as group:
+        group.start_soon(app, http_scope("/v1/chat/completions"), receive, recorder)
+        await anyio.sleep(0.05)
+        assert transport.open_responses == 1
+        left.set()
+    assert transport.open_responses == 0 and await in_flight(app) == [0, 0]
