@@ -115,6 +115,7 @@ class Gateway:
         self.config = config
         self.transport = transport or build_transport(config)
         self.redis: Any = None  # the shared store's client (coredis), entered by `running()`
+        self.client_windows: Any = None  # per-client windows in the shared store (None: in this process)
         self.pools = self._pools(clock)
         self.metrics = Metrics(model_cap=config.metrics_model_cap, multiprocess=prometheus_multiprocess())
         if config.access_log:
@@ -160,13 +161,15 @@ class Gateway:
         }
         hedging = config.hedging
         rotation = {"pools": self.pools, "route": partial(choose, config), "rotation": config.rotation, "clock": clock}
+        client_limits = {"clock": clock, "default_max_tokens": config.rotation.default_max_tokens,
+                         "shared": self.client_windows}  # fmt: skip
         return [
             (MetricsMiddleware, {"metrics": self.metrics, "clock": clock}),
             (AccessLogMiddleware, {"clock": clock}),
             (ErrorsMiddleware, {"debug": config.debug}),
             (AuthMiddleware, {"clients": config.clients}),
             (DefaultsMiddleware, defaults),
-            (ClientLimitsMiddleware, {"clock": clock, "default_max_tokens": config.rotation.default_max_tokens}),
+            (ClientLimitsMiddleware, client_limits),
             (FallbackMiddleware, {"chains": config.fallbacks, "deadline": config.timeouts.total}),
             *([(HedgingMiddleware, {"delay": hedging.delay, "models": hedging.models})] if hedging else []),
             (RotationMiddleware, rotation),
@@ -180,11 +183,12 @@ class Gateway:
             return {u.name: LocalKeyPool(u.name, u.key_configs, config.rotation, clock=clock) for u in upstreams}
         import coredis  # an optional dependency: only the Redis store needs it
 
-        from megagate.redis_pool import RedisKeyPool
+        from megagate.redis_pool import RedisClientWindows, RedisKeyPool
 
         timeout = min(config.timeouts.pool, 2.0)
         assert settings.redis_url is not None  # config validation requires it with store = "redis"
         self.redis = coredis.Redis.from_url(settings.redis_url, stream_timeout=timeout, connect_timeout=timeout)
+        self.client_windows = RedisClientWindows(self.redis, prefix=settings.prefix, timeout=timeout)
         return {
             u.name: RedisKeyPool(u.name, u.key_configs, config.rotation, client=self.redis, prefix=settings.prefix,
                                  lease_ttl=settings.lease_ttl, on_redis_error=settings.on_redis_error,

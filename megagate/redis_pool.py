@@ -40,7 +40,37 @@ POLL = 0.05  # seconds between tries while waiting on keys other processes hold 
 RETRY_REDIS_AFTER = 1.0  # after a failure, the local fallback serves this long before Redis is asked again
 REDIS_ERRORS = (coredis.exceptions.RedisError, OSError, TimeoutError)
 
+# Shared by the scripts: a 60 s window (sorted set of entry ids by time + hash of their tokens), as core.window.
 _PRUNE = """
+local function window_ready_at(win, tokn, rpm, tpm, tokens, now)
+  local at = now
+  local count = redis.call('ZCARD', win)
+  if rpm > 0 and count >= rpm then
+    local oldest = redis.call('ZRANGE', win, count - rpm, count - rpm, 'WITHSCORES')
+    at = math.max(at, tonumber(oldest[2]) + 60)
+  end
+  if tpm > 0 and count > 0 then
+    local entries = redis.call('ZRANGE', win, 0, -1, 'WITHSCORES')
+    local ids = {}
+    for j = 1, #entries, 2 do ids[#ids + 1] = entries[j] end
+    local counts = redis.call('HMGET', tokn, unpack(ids))
+    local sum = 0
+    for j = 1, #counts do sum = sum + (tonumber(counts[j]) or 0) end
+    if sum + tokens > tpm then
+      local excess, freed = sum + tokens - tpm, false
+      for j = 1, #counts do
+        excess = excess - (tonumber(counts[j]) or 0)
+        if excess <= 0 then
+          at = math.max(at, tonumber(entries[j * 2]) + 60)
+          freed = true
+          break
+        end
+      end
+      if not freed then at = math.max(at, tonumber(entries[#entries]) + 60) end
+    end
+  end
+  return at
+end
 local function prune(win, tokn, lease, now)
   local old = redis.call('ZRANGEBYSCORE', win, '-inf', now - 60)
   if #old > 0 then
@@ -85,31 +115,7 @@ for offset = 0, n - 1 do
         local mc = redis.call('HGET', mcool, model)
         if mc then at = math.max(at, tonumber(mc)) end
       end
-      local count = redis.call('ZCARD', win)
-      if rpm > 0 and count >= rpm then
-        local oldest = redis.call('ZRANGE', win, count - rpm, count - rpm, 'WITHSCORES')
-        at = math.max(at, tonumber(oldest[2]) + 60)
-      end
-      if tpm > 0 and count > 0 then
-        local entries = redis.call('ZRANGE', win, 0, -1, 'WITHSCORES')
-        local ids = {}
-        for j = 1, #entries, 2 do ids[#ids + 1] = entries[j] end
-        local counts = redis.call('HMGET', tokn, unpack(ids))
-        local sum = 0
-        for j = 1, #counts do sum = sum + (tonumber(counts[j]) or 0) end
-        if sum + tokens > tpm then
-          local excess, freed = sum + tokens - tpm, false
-          for j = 1, #counts do
-            excess = excess - (tonumber(counts[j]) or 0)
-            if excess <= 0 then
-              at = math.max(at, tonumber(entries[j * 2]) + 60)
-              freed = true
-              break
-            end
-          end
-          if not freed then at = math.max(at, tonumber(entries[#entries]) + 60) end
-        end
-      end
+      at = math.max(at, window_ready_at(win, tokn, rpm, tpm, tokens, now))
       if maxc > 0 and at <= now and redis.call('ZCARD', lease) >= maxc then
         at = nil
         release_helps = 1
@@ -209,6 +215,27 @@ end
 return out
 """
 )
+# A client's window: admit (check and record, or say how long to wait) and settle, as ClientLimitsMiddleware does.
+CLIENT_ADMIT = (
+    _PRUNE
+    + """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local tokens, rpm, tpm, entry = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+prune(KEYS[1], KEYS[2], KEYS[3], now)
+local at = window_ready_at(KEYS[1], KEYS[2], rpm, tpm, tokens, now)
+if at > now then return tostring(at - now) end
+redis.call('ZADD', KEYS[1], now, entry)
+redis.call('HSET', KEYS[2], entry, tokens)
+redis.call('PEXPIRE', KEYS[1], 120000)
+redis.call('PEXPIRE', KEYS[2], 120000)
+return ''
+"""
+)
+CLIENT_SETTLE = """
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then redis.call('HSET', KEYS[2], ARGV[1], ARGV[2]) end
+return 1
+"""
 RENEW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -421,3 +448,40 @@ def _divided(key: KeyConfig, workers: int) -> KeyConfig:
 
     return KeyConfig(key=key.key, rpm=part(limits.rpm), tpm=part(limits.tpm),
                      max_concurrency=part(limits.max_concurrency), weight=key.weight)  # fmt: skip
+
+
+class RedisClientWindows:
+    """Per-client rpm/tpm windows in Redis, so that a client's limits hold across every worker and replica (the
+    ClientWindows of ClientLimitsMiddleware). When Redis does not answer, the client is admitted: its own limits
+    are megagate's courtesy, the keys' limits still hold."""
+
+    def __init__(self, client: coredis.Redis[bytes], *, prefix: str = "megagate", timeout: float = 1.0) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.timeout = timeout
+        self._admit = client.register_script(CLIENT_ADMIT)
+        self._settle = client.register_script(CLIENT_SETTLE)
+
+    def _keys(self, name: str) -> list[str]:
+        base = f"{self.prefix}:client:{name}"
+        return [f"{base}:win", f"{base}:tok", f"{base}:none"]
+
+    async def admit(self, name: str, rpm: int | None, tpm: int | None, tokens: int) -> str | float:
+        """An entry id to settle later, or the seconds to wait before the client may send this request."""
+        entry = secrets.token_hex(8)
+        try:
+            with anyio.fail_after(self.timeout):
+                answer: Any = await self._admit(keys=self._keys(name), args=[tokens, rpm or 0, tpm or 0, entry])
+        except REDIS_ERRORS as exc:
+            logger.warning("client limits: Redis unavailable (%s); admitting %s", type(exc).__name__, name)
+            return ""
+        return float(answer) if answer else entry
+
+    async def settle(self, name: str, entry: str, tokens_used: int) -> None:
+        if not entry:
+            return
+        try:
+            with anyio.fail_after(self.timeout):
+                await self._settle(keys=self._keys(name)[:2], args=[entry, tokens_used])
+        except REDIS_ERRORS:
+            return  # the estimate stays; it leaves the window within a minute

@@ -189,3 +189,25 @@ async def test_redis_down_with_local_fallback_keeps_serving(tmp_path: Any) -> No
             assert (await pool.report())[0].requests_last_minute == 1
     finally:
         server.stop()
+
+
+async def test_a_clients_rpm_holds_across_gateways_sharing_redis(redis_server: RedisServer) -> None:
+    """Two gateways (as two workers would be) on one Redis: a client with rpm = 3 gets its fourth request refused,
+    wherever it lands."""
+    from megagate.app import create_app
+    from megagate.config import config_from_mapping
+    from megagate.upstream.mock import MockResponse, MockTransport
+    from tests.inprocess import COMPLETION, call
+
+    settings = {
+        "access_log": False,
+        "pool": {"store": "redis", "redis_url": redis_server.url, "prefix": secrets.token_hex(4)},
+        "clients": [{"name": "ci", "key": "client-key-shared-0001", "rpm": 3}],
+        "upstreams": [{"name": "up", "base_url": "http://upstream.test", "keys": [KEY_A]}],
+    }
+    config = config_from_mapping(settings, environ={})
+    gateways = [create_app(config, transport=MockTransport(lambda _: MockResponse(body=[COMPLETION]))) for _ in "ab"]
+    headers = [(b"content-type", b"application/json"), (b"authorization", b"Bearer client-key-shared-0001")]
+    async with gateways[0].running(), gateways[1].running():
+        statuses = [(await call(gateways[n % 2], headers=headers)).status for n in range(4)]
+    assert statuses == [200, 200, 200, 429]

@@ -9,23 +9,41 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
+
+import anyio
 
 from megagate.asgi import ASGIApp, Receive, Scope, Send
 from megagate.config import ClientConfig
 from megagate.core.errors import PermissionDenied, RateLimited
 from megagate.middleware.auth import get_client
 from megagate.middleware.rotation import estimate_tokens
-from megagate.state import get_state
+from megagate.state import RequestState, get_state
+
+
+class SharedWindows(Protocol):
+    """Client windows shared by every process (`redis_pool.RedisClientWindows`)."""
+
+    async def admit(self, name: str, rpm: int | None, tpm: int | None, tokens: int) -> str | float:
+        """An entry to settle later, or the seconds to wait before the client may send this request."""
+        ...
+
+    async def settle(self, name: str, entry: str, tokens_used: int) -> None: ...
 
 
 class ClientLimitsMiddleware:
     def __init__(
-        self, app: ASGIApp, *, clock: Callable[[], float] = time.monotonic, default_max_tokens: int = 1024
+        self,
+        app: ASGIApp,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        default_max_tokens: int = 1024,
+        shared: SharedWindows | None = None,
     ) -> None:
         self.app = app
         self.clock = clock
         self.default_max_tokens = default_max_tokens
+        self.shared = shared  # None: each client's window lives in this process (auth.Client.window)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         client = get_client(scope) if scope["type"] == "http" else None
@@ -42,20 +60,39 @@ class ClientLimitsMiddleware:
             await self.app(scope, receive, send)
             return
         tokens = estimate_tokens(request, self.default_max_tokens)
+        if self.shared is not None:
+            await self._shared(client.config, tokens, state, scope, receive, send)
+            return
         now = self.clock()
         window.prune(now)
         wait = window.ready_at(tokens, now) - now
         if wait > 0:
-            raise RateLimited(
-                f"This client is over its rate limit ({_limits(client.config)}); retry in {wait:.1f} s.",
-                retry_after=wait,
-            )
+            raise _over(client.config, wait)
         entry = window.record(tokens, now)
         try:
             await self.app(scope, receive, send)
         finally:
             if state.usage is not None:
                 window.settle(entry, state.usage.total_tokens, self.clock())
+
+    async def _shared(
+        self, config: ClientConfig, tokens: int, state: RequestState, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        assert self.shared is not None
+        admitted = await self.shared.admit(config.name, config.rpm, config.tpm, tokens)
+        if isinstance(admitted, float):
+            raise _over(config, admitted)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            if state.usage is not None:
+                with anyio.CancelScope(shield=True):
+                    await self.shared.settle(config.name, admitted, state.usage.total_tokens)
+
+
+def _over(config: ClientConfig, wait: float) -> RateLimited:
+    return RateLimited(f"This client is over its rate limit ({_limits(config)}); retry in {wait:.1f} s.",
+                       retry_after=wait)  # fmt: skip
 
 
 def _limits(config: ClientConfig) -> str:
