@@ -92,6 +92,9 @@ class Rotation(_Config, frozen=True):
     failure_threshold: PositiveInt = 3  # consecutive 5xx/timeouts before a key is benched...
     failure_penalty: NonNegativeFloat = 5.0  # ...for this many seconds
     default_max_tokens: Annotated[int, msgspec.Meta(ge=0)] = 1024  # completion estimate when max_tokens is unset
+    # keep a conversation (prompt_cache_key, metadata.user_id or an x-session-id header) on one key while that key
+    # has headroom, so the upstream's prompt cache keeps hitting; shared through the pool's store
+    affinity: bool = False
 
 
 class Hedging(_Config, frozen=True):

@@ -9,6 +9,7 @@ Redis-backed pool can implement the same three calls over shared windows without
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Literal, Protocol
 
@@ -24,6 +25,7 @@ from megagate.core.secrets import key_id, mask_key
 Clock = Callable[[], float]
 # When the scheduler cannot say when a key frees up (only a release can), suggest this Retry-After.
 RETRY_AFTER_UNKNOWN = 1.0
+AFFINITY_SESSIONS = 10_000  # sessions remembered per pool (least recent forgotten first)
 
 
 class KeyLease(msgspec.Struct, frozen=True):
@@ -55,10 +57,17 @@ class KeyReport(msgspec.Struct, kw_only=True):
 
 class KeyPool(Protocol):
     async def acquire(
-        self, tokens: int, *, model: str | None = None, exclude: frozenset[str] = frozenset(), max_wait: float = 0.0
+        self,
+        tokens: int,
+        *,
+        model: str | None = None,
+        exclude: frozenset[str] = frozenset(),
+        max_wait: float = 0.0,
+        session: str | None = None,
     ) -> KeyLease:
         """Lease a key with headroom for `tokens` and not cooling for `model`, not one of `exclude` (ids). Waits up
-        to `max_wait` seconds for one to free up, then raises NoKeyAvailable with a Retry-After."""
+        to `max_wait` seconds for one to free up, then raises NoKeyAvailable with a Retry-After. With `session`,
+        the key that conversation last used is preferred while it has headroom (affinity)."""
         ...
 
     async def release(
@@ -110,9 +119,22 @@ class LocalKeyPool:
         )
         self._clock = clock
         self._waiters: set[anyio.Event] = set()
+        self._affinity: OrderedDict[str, int] = OrderedDict()  # session -> key index, the most recent last
+
+    def _remember(self, session: str, index: int) -> None:
+        self._affinity[session] = index
+        self._affinity.move_to_end(session)
+        if len(self._affinity) > AFFINITY_SESSIONS:
+            self._affinity.popitem(last=False)
 
     async def acquire(
-        self, tokens: int, *, model: str | None = None, exclude: frozenset[str] = frozenset(), max_wait: float = 0.0
+        self,
+        tokens: int,
+        *,
+        model: str | None = None,
+        exclude: frozenset[str] = frozenset(),
+        max_wait: float = 0.0,
+        session: str | None = None,
     ) -> KeyLease:
         excluded = frozenset(self._index[i] for i in exclude if i in self._index)
         if len(excluded) == len(self._keys):
@@ -120,8 +142,11 @@ class LocalKeyPool:
         deadline = self._clock() + max_wait
         while True:
             now = self._clock()
-            answer = self.scheduler.acquire(tokens, now, excluded, model)
+            prefer = self._affinity.get(session) if session is not None else None
+            answer = self.scheduler.acquire(tokens, now, excluded, model, prefer)
             if isinstance(answer, Lease):
+                if session is not None:
+                    self._remember(session, answer.index)
                 return KeyLease(self._keys[answer.index], answer.key_id, mask_key(self._keys[answer.index]), answer)
             remaining = deadline - now
             if answer.refused:

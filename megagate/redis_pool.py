@@ -17,6 +17,7 @@ an in-process pool whose limits are the key's divided by the workers, and goes b
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 import time
@@ -86,13 +87,20 @@ ACQUIRE = (
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local tokens, model, lease_id = tonumber(ARGV[1]), ARGV[2], ARGV[3]
-local ttl, strategy, n = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
+local ttl, strategy, n, session = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]), ARGV[7] == '1'
 local cursor = tonumber(redis.call('GET', KEYS[1]) or '0') % n
 local earliest, refused, release_helps = nil, 1, 0
 local best, best_busy, best_probe = nil, nil, 0
+-- the order to look at keys in: the session's last key first (affinity), then round robin from the cursor
+local order, prefer = {}, nil
+if session then prefer = tonumber(redis.call('GET', KEYS[#KEYS]) or '') end
+if prefer ~= nil and prefer < n then order[1] = prefer else prefer = nil end
 for offset = 0, n - 1 do
   local i = (cursor + offset) % n
-  local a = 7 + i * 4
+  if i ~= prefer then order[#order + 1] = i end
+end
+for _, i in ipairs(order) do
+  local a = 8 + i * 4
   local rpm, tpm, maxc = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
   if ARGV[a + 3] ~= '1' then
     local k = 2 + i * 5
@@ -127,7 +135,7 @@ for offset = 0, n - 1 do
         if best == nil or busy < best_busy then
           best, best_busy, best_probe = i, busy, disabled and 1 or 0
         end
-        if strategy == 'round_robin' then break end
+        if strategy == 'round_robin' or (i == prefer and not disabled) then break end
       elseif earliest == nil or at < earliest then
         earliest = at
       end
@@ -143,7 +151,8 @@ if best ~= nil then
   redis.call('PEXPIRE', KEYS[k + 1], 120000)
   redis.call('PEXPIRE', KEYS[k + 2], math.ceil(ttl * 2000))
   if best_probe == 1 then redis.call('HSET', KEYS[k + 3], 'probing', lease_id) end
-  redis.call('SET', KEYS[1], best + 1)
+  if best ~= prefer then redis.call('SET', KEYS[1], best + 1) end
+  if session then redis.call('SET', KEYS[#KEYS], best, 'EX', 3600) end
   return {best, best_probe}
 end
 return {-1, earliest and tostring(earliest - now) or '', refused, release_helps}
@@ -290,6 +299,7 @@ class RedisKeyPool:
         self._redis_keys = [[f"{prefix}:{upstream}:{i}:{what}" for what in ("win", "tok", "lease", "st", "mcool")]
                             for i in self._ids]  # fmt: skip
         self._cursor_key = f"{prefix}:{upstream}:rr"
+        self._prefix = prefix
         self._acquire = client.register_script(ACQUIRE)
         self._release = client.register_script(RELEASE)
         self._report = client.register_script(REPORT)
@@ -302,20 +312,29 @@ class RedisKeyPool:
     # --- KeyPool ---
 
     async def acquire(
-        self, tokens: int, *, model: str | None = None, exclude: frozenset[str] = frozenset(), max_wait: float = 0.0
+        self,
+        tokens: int,
+        *,
+        model: str | None = None,
+        exclude: frozenset[str] = frozenset(),
+        max_wait: float = 0.0,
+        session: str | None = None,
     ) -> KeyLease:
         if len(set(exclude) & set(self._ids)) == len(self._ids):
             raise NoKeyAvailable(f"Every key of upstream '{self.upstream}' was already tried for this request.")
         deadline = self._clock() + max_wait
         while True:
             if self._clock() < self._redis_down_until:
-                return await self._fallback(tokens, model, exclude, deadline)
+                return await self._fallback(tokens, model, exclude, deadline, session)
             lease_id = secrets.token_hex(8)
-            args = self._acquire_args(tokens, model, exclude, lease_id)
+            args = self._acquire_args(tokens, model, exclude, lease_id, session is not None)
+            keys = self._all_keys()
+            if session is not None:  # only a digest of the session's name is stored
+                keys.append(f"{self._prefix}:{self.upstream}:aff:{hashlib.sha256(session.encode()).hexdigest()[:24]}")
             try:
-                answer = await self._call(self._acquire, self._all_keys(), args)
+                answer = await self._call(self._acquire, keys, args)
             except PoolUnavailable:
-                return await self._fallback(tokens, model, exclude, deadline)
+                return await self._fallback(tokens, model, exclude, deadline, session)
             index = int(answer[0])
             if index >= 0:
                 return self._lease(index, bool(int(answer[1])), model, lease_id)
@@ -407,8 +426,11 @@ class RedisKeyPool:
     def _all_keys(self) -> list[str]:
         return [self._cursor_key, *(name for names in self._redis_keys for name in names)]
 
-    def _acquire_args(self, tokens: int, model: str | None, exclude: frozenset[str], lease_id: str) -> list[Any]:
+    def _acquire_args(
+        self, tokens: int, model: str | None, exclude: frozenset[str], lease_id: str, session: bool
+    ) -> list[Any]:
         args: list[Any] = [tokens, model or "", lease_id, self.lease_ttl, self.rotation.strategy, len(self._ids)]
+        args.append(1 if session else 0)
         for id_, limits in zip(self._ids, self._limits, strict=True):
             args += [limits.rpm or 0, limits.tpm or 0, limits.max_concurrency or 0, 1 if id_ in exclude else 0]
         return args
@@ -432,11 +454,13 @@ class RedisKeyPool:
         self._redis_down_until = 0.0
         return result
 
-    async def _fallback(self, tokens: int, model: str | None, exclude: frozenset[str], deadline: float) -> KeyLease:
+    async def _fallback(
+        self, tokens: int, model: str | None, exclude: frozenset[str], deadline: float, session: str | None
+    ) -> KeyLease:
         if self.on_redis_error == "fail":
             raise PoolUnavailable("the shared key pool is unavailable; retry shortly", retry_after=RETRY_REDIS_AFTER)
         wait = max(0.0, deadline - self._clock())
-        return await self.local.acquire(tokens, model=model, exclude=exclude, max_wait=wait)
+        return await self.local.acquire(tokens, model=model, exclude=exclude, max_wait=wait, session=session)
 
 
 def _divided(key: KeyConfig, workers: int) -> KeyConfig:

@@ -211,3 +211,21 @@ async def test_a_clients_rpm_holds_across_gateways_sharing_redis(redis_server: R
     async with gateways[0].running(), gateways[1].running():
         statuses = [(await call(gateways[n % 2], headers=headers)).status for n in range(4)]
     assert statuses == [200, 200, 200, 429]
+
+
+async def test_a_session_stays_on_its_key_while_the_key_has_headroom(make_pool: Maker) -> None:
+    """Affinity: a conversation returns to the key it last used (its prompt cache), however the rotation moved
+    meanwhile; when that key is full it goes elsewhere, and comes back once the key frees."""
+    keys = [KeyConfig(key=KEY_A, max_concurrency=1), KeyConfig(key=KEY_B, max_concurrency=1)]
+    async with make_pool(keys) as pool:
+        first = await pool.acquire(1, session="conversation-1")
+        await pool.release(first, Outcome.SUCCESS)
+        for _ in range(3):  # other traffic moves the rotation on
+            await pool.release(await pool.acquire(1), Outcome.SUCCESS)
+        again = await pool.acquire(1, session="conversation-1")
+        assert again.id == first.id
+        elsewhere = await pool.acquire(1, session="conversation-1")  # its key is at its concurrency now
+        assert elsewhere.id != first.id
+        await pool.release(again, Outcome.SUCCESS)
+        await pool.release(elsewhere, Outcome.SUCCESS)
+        assert (await pool.acquire(1, session="conversation-1")).id == elsewhere.id  # it follows the last key used

@@ -226,6 +226,17 @@ def _check_messages(fields: RawFields) -> int:
     return len(raw)
 
 
+def session_of(request: ChatRequest) -> str | None:
+    """What a conversation calls itself, for session affinity: OpenAI's `prompt_cache_key`, else Anthropic's
+    `metadata.user_id` (Claude Code sends one per session); None when neither is a non-empty string."""
+    cache_key, metadata = request.fields.get("prompt_cache_key"), request.fields.get("metadata")
+    if cache_key is not None and isinstance(key := msgspec.json.decode(cache_key), str) and key:
+        return key
+    decoded = msgspec.json.decode(metadata) if metadata is not None else None
+    user = decoded.get("user_id") if isinstance(decoded, dict) else None
+    return user if isinstance(user, str) and user else None
+
+
 def _check_input(fields: RawFields) -> int:
     """`input` (Responses, embeddings) is a string or an array when present; what is inside is the upstream's."""
     raw = fields.get("input")

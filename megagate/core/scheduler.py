@@ -135,9 +135,21 @@ class KeyScheduler:
         self._cursor = 0
 
     def acquire(
-        self, tokens: int, now: float, exclude: frozenset[int] = frozenset(), model: str | None = None
+        self,
+        tokens: int,
+        now: float,
+        exclude: frozenset[int] = frozenset(),
+        model: str | None = None,
+        prefer: int | None = None,
     ) -> Lease | Wait:
-        """Lease a key for a request for `model` estimated at `tokens`, or say how long until one could serve it."""
+        """Lease a key for a request for `model` estimated at `tokens`, or say how long until one could serve it.
+        `prefer` (session affinity) is taken first when it has headroom now, without moving the rotation."""
+        if prefer is not None and prefer not in exclude and 0 <= prefer < len(self.keys):
+            key = self.keys[prefer]
+            key.window.prune(now)
+            at = key.ready_at(tokens, now, model)
+            if at is not None and at <= now and not key.disabled:
+                return self._lease(prefer, tokens, now, model)
         earliest: float | None = None
         candidates: list[int] = []
         refused = True

@@ -16,7 +16,7 @@ from contextlib import nullcontext
 
 import anyio
 
-from megagate.asgi import ASGIApp, Receive, Scope, Send, replay_body
+from megagate.asgi import ASGIApp, Receive, Scope, Send, header, replay_body
 from megagate.config import Rotation
 from megagate.core.errors import (
     MegagateError,
@@ -24,10 +24,12 @@ from megagate.core.errors import (
     UpstreamError,
 )
 from megagate.core.outcome import RETRIED_ON_ANOTHER_KEY, Outcome, classify
-from megagate.core.request import ChatRequest
+from megagate.core.request import ChatRequest, session_of
 from megagate.pool import KeyPool
 from megagate.routing import Endpoint, Target
 from megagate.state import Attempt, RequestState, get_state
+
+SESSION_HEADER = b"x-session-id"  # a client's own name for its conversation, for key affinity
 
 
 def estimate_tokens(request: ChatRequest, default_max_tokens: int) -> int:
@@ -60,7 +62,13 @@ class RotationMiddleware:
         self.max_attempts = rotation.max_attempts
         self.max_wait = rotation.max_wait
         self.default_max_tokens = rotation.default_max_tokens
+        self.affinity = rotation.affinity
         self.clock = clock
+
+    @staticmethod
+    def _session(scope: Scope, state: RequestState) -> str | None:
+        given = header(scope, SESSION_HEADER)
+        return given.decode("latin-1") if given else session_of(state.request)
 
     def _pool(self, state: RequestState) -> KeyPool | None:
         if self.route is None:
@@ -75,6 +83,7 @@ class RotationMiddleware:
             await self.app(scope, receive, send)
             return
         tokens = estimate_tokens(state.request, self.default_max_tokens)
+        session = self._session(scope, state) if self.affinity else None
         deadline = self.clock() + self.max_wait
         tried: set[str] = set()
         failures: list[UpstreamError] = []
@@ -85,6 +94,7 @@ class RotationMiddleware:
                     model=state.request.model,
                     exclude=frozenset(tried),
                     max_wait=max(0.0, deadline - self.clock()),
+                    session=session,
                 )
             except NoKeyAvailable:
                 if not failures:

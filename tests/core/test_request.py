@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from megagate.core.errors import InvalidRequest
-from megagate.core.request import OPENAI_RULES, RequestDefaults, prepare_chat_request
+from megagate.core.request import OPENAI_RULES, RequestDefaults, prepare_chat_request, session_of
 
 DEFAULTS = RequestDefaults()
 USER = [{"role": "user", "content": "hi"}]
@@ -125,3 +125,18 @@ def test_unknown_fields_survive_defaults(extra: dict[str, Any]) -> None:
     body = msgspec.json.decode(prepare({"messages": USER, **extra}).encode())
     for name, value in extra.items():
         assert body[name] == value
+
+
+@pytest.mark.parametrize(
+    ("extra", "session"),
+    [
+        ({"prompt_cache_key": "conv-1"}, "conv-1"),
+        ({"metadata": {"user_id": "user_abc_session_1"}}, "user_abc_session_1"),
+        ({"prompt_cache_key": "", "metadata": {"user_id": "u"}}, "u"),
+        ({"metadata": ["not", "an", "object"]}, None),
+        ({"prompt_cache_key": 7}, None),
+        ({}, None),
+    ],
+)
+def test_a_conversation_names_itself_for_affinity(extra: dict[str, Any], session: str | None) -> None:
+    assert session_of(prepare({"messages": USER, **extra})) == session
