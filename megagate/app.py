@@ -165,7 +165,7 @@ class Gateway:
                          "shared": self.client_windows}  # fmt: skip
         return [
             (MetricsMiddleware, {"metrics": self.metrics, "clock": clock}),
-            (AccessLogMiddleware, {"clock": clock}),
+            (AccessLogMiddleware, {"clock": clock, "text": config.log_format == "text", "log": config.access_log}),
             (ErrorsMiddleware, {"debug": config.debug}),
             (AuthMiddleware, {"clients": config.clients}),
             (DefaultsMiddleware, defaults),

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import logging
 import sys
+import time
 from functools import partial
 from pathlib import Path
 
@@ -38,6 +39,9 @@ def serve(args: argparse.Namespace) -> int:
     config.application_path = "megagate.app:app"
     if args.bind:
         config.bind = [args.bind]
+    from megagate.summary import describe
+
+    print(describe(gateway_config), file=sys.stderr)
     if not gateway_config.clients:
         print(
             f"megagate: warning: no client keys configured, so anyone who can reach {', '.join(config.bind)} can "
@@ -68,22 +72,27 @@ async def _stream_demo(port: int) -> None:
     print(f'$ curl -N http://127.0.0.1:{port}/v1/chat/completions -d \'{{"messages": [...], "stream": true}}\'')
     print("(no model given: megagate fills openai-gpt-oss-120b; no key given: megagate holds the pool)\n")
     decoder = SSEDecoder()
+    started, events = time.monotonic(), 0
     try:
         origin = Origin("http", "127.0.0.1", port)
         async with transport.stream(b"POST", origin, b"/v1/chat/completions", headers, body) as response:
             if response.status != 200:
                 print(f"megagate answered HTTP {response.status}: {(await response.read()).decode()}")
                 return
+            told = dict(response.headers)
             async for chunk in response.aiter_bytes():
                 for event in decoder.receive_data(chunk)[1]:
                     if event.data == b"[DONE]":
                         continue
+                    events += 1
                     data = msgspec.json.decode(event.data)
                     for choice in data.get("choices") or []:
                         print(choice.get("delta", {}).get("content") or "", end="", flush=True)
     finally:
         await transport.aclose()
-    print("\n")
+    model = told.get(b"x-megagate-model", b"?").decode()
+    attempts = told.get(b"x-megagate-attempts", b"?").decode()
+    print(f"\n\n[{events} events in {time.monotonic() - started:.1f} s from {model}, {attempts} upstream attempt(s)]\n")
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -93,9 +102,9 @@ def demo(args: argparse.Namespace) -> int:
     from megagate.serve import free_port, hypercorn_config
 
     fake_port = free_port()
-    config = config_from_mapping(
-        {"upstreams": [{"name": "fake", "base_url": f"http://127.0.0.1:{fake_port}", "keys": ["sk-demo-key-0001"]}]}
-    )
+    upstream = {"name": "fake", "base_url": f"http://127.0.0.1:{fake_port}", "keys": ["sk-demo-key-0001"]}
+    # The access log would land on the terminal in the middle of the streamed text: the demo prints its own summary.
+    config = config_from_mapping({"upstreams": [upstream], "access_log": False})
     gateway = create_app(config)
     fake = FakeUpstream(ttft=0.3, tokens_per_second=12)
 
@@ -125,6 +134,26 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_config(args: argparse.Namespace) -> int:
+    """Validate the configuration (FILE, else MEGAGATE_CONFIG or the simple-mode environment); print it, secrets
+    masked, and exit 0, or print the one-line error and exit 2."""
+    import os
+
+    from megagate.config import load_config
+    from megagate.summary import describe
+
+    environ = dict(os.environ)
+    if args.file:
+        environ["MEGAGATE_CONFIG"] = args.file
+    try:
+        config = load_config(environ)
+    except ConfigError as exc:
+        print(f"megagate: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    print(describe(config))
+    return 0
+
+
 def hash_key(args: argparse.Namespace) -> int:
     import hashlib
 
@@ -151,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     demo_parser.add_argument("--port", type=int, default=8000)
     demo_parser.add_argument("--once", action="store_true", help="exit after the streamed answer")
     demo_parser.set_defaults(run=demo)
+    check_parser = commands.add_parser("check-config", help="validate the configuration and print it, secrets masked")
+    check_parser.add_argument("file", nargs="?", help="a TOML file (default: MEGAGATE_CONFIG, else the environment)")
+    check_parser.set_defaults(run=check_config)
     hash_parser = commands.add_parser("hash-key", help="print the SHA-256 digest of a client key for the config")
     hash_parser.add_argument("key")
     hash_parser.set_defaults(run=hash_key)

@@ -20,6 +20,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from megagate.asgi import Receive, Scope, Send, send_json
 from megagate.pool import KeyPool
 from megagate.routing import ENDPOINTS
+from megagate.state import get_state
 
 # LLM latencies: 10 ms (a cached or tiny answer) to 120 s (a long completion).
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
@@ -74,6 +75,13 @@ class Metrics:
             ["route", "reason"],
             registry=r,
         ))  # fmt: skip
+        self.stream_failures = Children(Counter(
+            "megagate_stream_failures", "Streams that failed after they started (ended by megagate's error event)",
+            ["route"], registry=r,
+        ))  # fmt: skip
+        # What is in flight, read at scrape time (so a stream still waiting for its first event counts, and the
+        # scrape itself does not): MetricsMiddleware keeps the live scopes here.
+        self.live: dict[int, Any] = {}
         in_flight = Gauge("megagate_in_flight", "Requests and streams in progress", ["kind"], registry=r)
         self.requests_in_flight, self.streams_in_flight = in_flight.labels("request"), in_flight.labels("stream")
         self.key_state = Children(Gauge(
@@ -96,6 +104,11 @@ class Metrics:
             return path
         return "/v1/models/{id}" if path.startswith("/v1/models/") else "other"
 
+    def refresh_in_flight(self) -> None:
+        states = [get_state(scope) for scope in self.live.values()]
+        self.requests_in_flight.set(len(states))
+        self.streams_in_flight.set(sum(1 for s in states if s is not None and s.request.stream))
+
     async def refresh_key_states(self, pools: Mapping[str, KeyPool]) -> None:
         for pool in pools.values():
             for report in await pool.report():
@@ -117,5 +130,6 @@ class MetricsEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.metrics.refresh_key_states(self.pools)
+        self.metrics.refresh_in_flight()
         body = self.metrics.render()
         await send_json(send, 200, body, [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")])

@@ -23,6 +23,7 @@ from megagate.core.errors import (
     Format,
     InvalidRequest,
     NotFound,
+    UpstreamError,
     UpstreamStatus,
     UpstreamTimeout,
 )
@@ -156,9 +157,13 @@ class UpstreamProxy:
                     waiting.deadline = math.inf
                     state.response_started = True
 
+                def on_failure(error: UpstreamError) -> None:
+                    state.stream_failure = error.message
+
                 relay = stream_relay(state, plan, error_for)
+                headers = SSE_HEADERS + told_headers(plan)
                 try:
-                    await relay_stream(relay, response.aiter_bytes(), send, on_start, SSE_HEADERS + told_headers(plan))
+                    await relay_stream(relay, response.aiter_bytes(), send, on_start, headers, on_failure)
                 finally:
                     state.usage = relay.usage
                 return

@@ -138,9 +138,11 @@ async def relay_stream(
     send: Send,
     on_start: Callable[[], None],
     headers: list[tuple[bytes, bytes]] = SSE_HEADERS,
+    on_failure: Callable[[UpstreamError], None] = lambda error: None,
 ) -> None:
     """Relay an SSE answer through `relay`. A failure before the first event is raised (the layers outside may
-    retry or fall back); `on_start()` is called just before the first event's headers go out."""
+    retry or fall back); `on_start()` is called just before the first event's headers go out, `on_failure(error)`
+    when a stream that had started is ended by our error event."""
     iterator = aiter(chunks)
     done = False
     while not done:
@@ -152,6 +154,8 @@ async def relay_stream(
             output, done = relay.fail(failure), True
         if output.error is not None and not output.data:
             raise output.error  # nothing reached the client yet
+        if output.error is not None:
+            on_failure(output.error)
         if output.started:
             on_start()
             await send({"type": "http.response.start", "status": 200, "headers": headers})

@@ -44,6 +44,7 @@ class RequestState:
     response_started: bool = False  # the proxy: the client has seen a byte; nothing may be retried after it
     local_answer: str | None = None  # CountTokensEndpoint: why megagate answered itself (a token count)
     dropped_tools: list[str] = field(default_factory=list)  # the proxy: hosted tools the translation left out
+    stream_failure: str | None = None  # the proxy: why a stream that had started ended with our error event
 
     @property
     def served_model(self) -> str:

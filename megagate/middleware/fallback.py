@@ -79,6 +79,7 @@ class FallbackMiddleware:
         if not state.response_started:
             raise error
         if state.request.stream:
+            state.stream_failure = error.message
             await send(
                 {"type": "http.response.body", "body": stream_error_event(error, state.format), "more_body": False}
             )

@@ -15,6 +15,8 @@ from megagate.middleware.auth import get_client
 from megagate.prometheus import Metrics
 from megagate.state import get_state, route_path
 
+OPERATOR_ROUTES = frozenset({"/metrics", "/healthz", "/readyz", "/admin/keys"})
+
 
 class MetricsMiddleware:
     def __init__(self, app: ASGIApp, *, metrics: Metrics, clock: Callable[[], float] = time.monotonic) -> None:
@@ -30,27 +32,23 @@ class MetricsMiddleware:
         started = self.clock()
         status = 0
         first_byte: float | None = None
-        streaming = False
 
         async def observe(message: Message) -> None:
-            nonlocal status, first_byte, streaming
+            nonlocal status, first_byte
             if message["type"] == "http.response.start":
                 status = message["status"]
-                for name, value in message.get("headers", ()):
-                    if name == b"content-type" and value.startswith(b"text/event-stream"):
-                        streaming = True
-                        metrics.streams_in_flight.inc()
             elif first_byte is None and message.get("body"):
                 first_byte = self.clock()
             await send(message)
 
-        metrics.requests_in_flight.inc()
+        counted = route_path(scope) not in OPERATOR_ROUTES  # a scrape or a health check is no request in flight
+        if counted:
+            metrics.live[id(scope)] = scope
         try:
             await self.app(scope, receive, observe)
         finally:
-            metrics.requests_in_flight.dec()
-            if streaming:
-                metrics.streams_in_flight.dec()
+            if counted:
+                del metrics.live[id(scope)]
             self._record(scope, status, started, first_byte)
 
     def _record(self, scope: Scope, status: int, started: float, first_byte: float | None) -> None:
@@ -75,6 +73,8 @@ class MetricsMiddleware:
         for attempt in state.attempts:
             outcome = attempt.outcome.value if attempt.outcome else "cancelled"
             metrics.attempts(attempt.upstream, attempt.key_id, outcome).inc()
+        if state.stream_failure is not None:
+            metrics.stream_failures(route).inc()
         if state.local_answer is not None:
             metrics.local_answers(route, state.local_answer).inc()
         for source, target in state.fallbacks:

@@ -74,6 +74,9 @@ def test_demo_streams_an_answer_with_no_key(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "megagate relays every token" in result.stdout
+    _, _, summary = result.stdout.partition("\n\n[")
+    assert "request_id" not in result.stdout + result.stderr  # no log line inside (or around) the streamed text
+    assert "events in" in summary and "upstream attempt" in summary
 
 
 def test_serve_without_client_keys_warns_once_and_binds_locally(fake_upstream: Process, tmp_path: Path) -> None:

@@ -48,3 +48,24 @@ async def test_an_insane_request_id_is_replaced(access: pytest.LogCaptureFixture
         result = await call(app, headers=headers)
     given = result.header(b"x-request-id")
     assert given is not None and len(given) == 32 and transport.requests[0].header(b"x-request-id") == given
+
+
+async def test_a_stream_that_broke_after_it_started_is_logged_as_failed(access: pytest.LogCaptureFixture) -> None:
+    from megagate.core.errors import UpstreamProtocolError
+    from megagate.upstream.mock import sse
+    from tests.inprocess import CHAT
+
+    chunk = b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[]}\n\n'
+    app, _ = gateway([sse(chunk, UpstreamProtocolError("the upstream reset the connection"))], access_log=True)
+    with access.at_level(logging.INFO, logger="megagate.access"):
+        result = await call(app, body={**CHAT, "stream": True})
+    line = msgspec.json.decode(access.records[-1].getMessage())
+    assert result.status == 200 and line["status"] == 200
+    assert line["outcome"] == "failed_after_start" and "reset" in line["error"]
+
+
+async def test_log_format_text_is_one_short_human_line(access: pytest.LogCaptureFixture) -> None:
+    app, _ = gateway([MockResponse(body=[COMPLETION])], access_log=True, log_format="text")
+    with access.at_level(logging.INFO, logger="megagate.access"):
+        await call(app)
+    assert access.records[-1].getMessage().startswith("POST /v1/chat/completions 200 gpt-4 1 attempt ")

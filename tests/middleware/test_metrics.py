@@ -45,3 +45,25 @@ async def test_a_cancelled_stream_leaves_nothing_in_flight() -> None:
         await call(app, body={**CHAT, "stream": True})
     assert sample(app, "megagate_in_flight", kind="request") == 0
     assert sample(app, "megagate_in_flight", kind="stream") == 0
+
+
+async def test_in_flight_counts_a_waiting_stream_and_never_the_scrape() -> None:
+    import anyio
+
+    app, _ = gateway([sse(HANG)])
+    async with anyio.create_task_group() as group:
+        group.start_soon(call, app, "/v1/chat/completions", {**CHAT, "stream": True})
+        await anyio.sleep(0.05)  # the stream waits for its first event
+        scrape = await call(app, "/metrics", method="GET")
+        group.cancel_scope.cancel()
+    text = scrape.body.decode()
+    assert 'megagate_in_flight{kind="request"} 1.0' in text and 'megagate_in_flight{kind="stream"} 1.0' in text
+
+
+async def test_a_stream_failing_after_its_start_is_counted() -> None:
+    from megagate.core.errors import UpstreamProtocolError
+
+    chunk = b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[]}\n\n'
+    app, _ = gateway([sse(chunk, UpstreamProtocolError("reset"))])
+    await call(app, body={**CHAT, "stream": True})
+    assert sample(app, "megagate_stream_failures_total", route="/v1/chat/completions") == 1
