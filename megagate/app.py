@@ -12,6 +12,7 @@ Request path (outermost first)::
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -39,6 +40,7 @@ from megagate.models import ModelsEndpoint
 from megagate.pool import KeyPool, LocalKeyPool
 from megagate.prometheus import Metrics, MetricsEndpoint
 from megagate.proxy import UpstreamProxy
+from megagate.reload import ReloadEndpoint, changes, restart_needed
 from megagate.routing import ENDPOINTS, choose
 from megagate.state import route_format
 from megagate.upstream import Transport
@@ -111,19 +113,61 @@ async def not_found(scope: Scope, receive: Receive, send: Send) -> None:
 class Gateway:
     """megagate as one ASGI app. Owns the upstream transport and closes it at lifespan shutdown."""
 
-    def __init__(self, config: Config, *, transport: Transport | None = None, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        transport: Transport | None = None,
+        clock: Clock = time.monotonic,
+        loader: Callable[[], Config] | None = None,
+    ) -> None:
         self.config = config
+        self.loader = loader  # where a reload reads the configuration again (None: it cannot)
+        self.clock = clock
         self.transport = transport or build_transport(config)
         self.redis: Any = None  # the shared store's client (coredis), entered by `running()`
         self.client_windows: Any = None  # per-client windows in the shared store (None: in this process)
-        self.pools = self._pools(clock)
         self.metrics = Metrics(model_cap=config.metrics_model_cap, multiprocess=prometheus_multiprocess())
         if config.access_log:
             _log_to_stderr("megagate.access")
-        app: ASGIApp = self._router(clock)
-        for cls, kwargs in reversed(self._stack(clock)):
+        _log_to_stderr("megagate")  # reloads, pool warnings: an operator's lines, unless the host app logs them
+        self.pools = self._pools(clock)
+        self.app = self._assemble()
+
+    def _assemble(self) -> ASGIApp:
+        app: ASGIApp = self._router(self.clock)
+        for cls, kwargs in reversed(self._stack(self.clock)):
             app = cls(app, **kwargs)
-        self.app = app
+        return app
+
+    async def reload(self) -> tuple[bool, str]:
+        """Load the configuration again and swap it in between requests (see `megagate.reload`); (ok, what
+        changed or the one-line reason nothing did)."""
+        if self.loader is None:
+            return False, "this gateway was built from a configuration object: there is no file to reload"
+        try:
+            config = self.loader()
+        except ConfigError as exc:
+            return self._refused(str(exc))
+        if (field := restart_needed(self.config, config)) is not None:
+            return self._refused(f"{field}: changing it needs a restart")
+        said = changes(self.config, config)
+        previous = self.pools
+        self.config = config
+        self.pools = self._pools(self.clock)
+        for name, pool in self.pools.items():
+            old = previous.get(name)
+            if old is not None and type(old) is type(pool):
+                pool.adopt(old)  # type: ignore[attr-defined]
+        self.app = self._assemble()
+        self.metrics.reloads("ok").inc()
+        logger.info("megagate: configuration reloaded: %s", "; ".join(said) or "no change")
+        return True, "; ".join(said) or "no change"
+
+    def _refused(self, reason: str) -> tuple[bool, str]:
+        self.metrics.reloads("invalid").inc()
+        logger.error("megagate: reload refused, the configuration is unchanged: %s", reason)
+        return False, reason
 
     def _router(self, clock: Clock) -> Router:
         """The routes: each client endpoint (`routing.ENDPOINTS`) to the app serving its operation, then the
@@ -145,6 +189,8 @@ class Gateway:
             metrics_endpoint = AdminGuard(metrics_endpoint, config.admin_token)
             keys = AdminGuard(KeysEndpoint(self.pools), config.admin_token)
             routes.append(Route("/admin/keys", AllowMethods(("GET",), keys)))
+            reload = AdminGuard(ReloadEndpoint(self), config.admin_token)
+            routes.append(Route("/admin/reload", AllowMethods(("POST",), reload)))
         routes.append(Route("/metrics", AllowMethods(("GET",), metrics_endpoint)))
         everything = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
         return Router(routes=routes, default=AllowMethods(everything, not_found))
@@ -187,7 +233,8 @@ class Gateway:
 
         timeout = min(config.timeouts.pool, 2.0)
         assert settings.redis_url is not None  # config validation requires it with store = "redis"
-        self.redis = coredis.Redis.from_url(settings.redis_url, stream_timeout=timeout, connect_timeout=timeout)
+        if self.redis is None:  # opened once; a reload keeps it (a different store needs a restart)
+            self.redis = coredis.Redis.from_url(settings.redis_url, stream_timeout=timeout, connect_timeout=timeout)
         self.client_windows = RedisClientWindows(self.redis, prefix=settings.prefix, timeout=timeout)
         return {
             u.name: RedisKeyPool(u.name, u.key_configs, config.rotation, client=self.redis, prefix=settings.prefix,
@@ -197,21 +244,33 @@ class Gateway:
         }  # fmt: skip
 
     @asynccontextmanager
-    async def running(self) -> AsyncIterator[Gateway]:
-        """The gateway's resources for as long as it serves: the Redis client and the pools' lease renewal. Its
-        own lifespan enters it; an app that mounts the gateway enters it in its lifespan (`async with`)."""
+    async def running(self, *, reload_on_sighup: bool = False) -> AsyncIterator[Gateway]:
+        """The gateway's resources for as long as it serves: the Redis client, the pools' lease renewal and (its
+        own lifespan asks for it) a reload on SIGHUP. An app that mounts the gateway enters it in its lifespan."""
         async with AsyncExitStack() as stack:
             stack.push_async_callback(self.aclose)
             if self.redis is not None:
                 await stack.enter_async_context(self.redis)
             group = await stack.enter_async_context(anyio.create_task_group())
-            for pool in self.pools.values():
-                if (maintain := getattr(pool, "maintain", None)) is not None:
-                    group.start_soon(maintain)
+            if self.redis is not None:
+                group.start_soon(self._maintain_pools)
+            if reload_on_sighup and hasattr(signal, "SIGHUP"):
+                group.start_soon(self._reload_on_sighup)
             try:
                 yield self
             finally:
                 group.cancel_scope.cancel()
+
+    async def _maintain_pools(self) -> None:
+        while True:  # the current pools, whichever reload made them: they share the leases to renew
+            await anyio.sleep(self.config.pool.lease_ttl / 3)
+            for pool in list(self.pools.values()):
+                await pool.maintain()  # type: ignore[attr-defined]
+
+    async def _reload_on_sighup(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGHUP) as signals:
+            async for _ in signals:
+                await self.reload()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -226,8 +285,11 @@ class Gateway:
 def create_app(
     config: Config | None = None, *, transport: Transport | None = None, clock: Clock = time.monotonic
 ) -> Gateway:
-    """The megagate ASGI app for `config` (default: `load_config()` from the environment)."""
-    return Gateway(config if config is not None else load_config(), transport=transport, clock=clock)
+    """The megagate ASGI app for `config` (default: `load_config()` from the environment, which a reload reads
+    again)."""
+    if config is not None:
+        return Gateway(config, transport=transport, clock=clock)
+    return Gateway(load_config(), transport=transport, clock=clock, loader=load_config)
 
 
 async def _lifespan(receive: Receive, send: Send, build: Callable[[], Gateway]) -> None:
@@ -241,7 +303,7 @@ async def _lifespan(receive: Receive, send: Send, build: Callable[[], Gateway]) 
         logger.error("megagate: bad configuration: %s", exc)
         await send({"type": "lifespan.startup.failed", "message": f"megagate: bad configuration: {exc}"})
         return
-    async with gateway.running():
+    async with gateway.running(reload_on_sighup=True):
         await send({"type": "lifespan.startup.complete"})
         while (await receive())["type"] != "lifespan.shutdown":
             pass

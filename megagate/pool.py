@@ -218,3 +218,16 @@ class LocalKeyPool:
 
     def usable(self) -> bool:
         return self.scheduler.usable(self._clock())
+
+    def adopt(self, previous: LocalKeyPool) -> None:
+        """Take over from the pool a reload replaces: each key that stays keeps its state object (windows,
+        in-flight count, cooldowns), which the old pool's leases still running release into; removed keys stay
+        with the old pool only, forgotten when its last lease ends; new keys start fresh."""
+        kept = {state.id: state for state in previous.scheduler.keys}
+        for index, state in enumerate(self.scheduler.keys):
+            old = kept.get(state.id)
+            if old is not None:
+                old.limits = state.limits
+                old.window.rpm, old.window.tpm = state.limits.rpm, state.limits.tpm
+                self.scheduler.keys[index] = old
+        self._affinity = previous._affinity

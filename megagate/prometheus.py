@@ -75,6 +75,9 @@ class Metrics:
             ["route", "reason"],
             registry=r,
         ))  # fmt: skip
+        self.reloads = Children(
+            Counter("megagate_config_reloads", "Configuration reloads by result", ["result"], registry=r)
+        )
         self.stream_failures = Children(Counter(
             "megagate_stream_failures", "Streams that failed after they started (ended by megagate's error event)",
             ["route"], registry=r,

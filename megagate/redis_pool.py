@@ -304,7 +304,7 @@ class RedisKeyPool:
         self._release = client.register_script(RELEASE)
         self._report = client.register_script(REPORT)
         self._renew = client.register_script(RENEW)
-        self._held: dict[str, int] = {}  # lease id -> key index, renewed by maintain()
+        self._held: dict[str, str] = {}  # lease id -> its lease set, renewed by maintain() (shared across reloads)
         self._usable = True
         self._redis_down_until = 0.0
         self.local = LocalKeyPool(upstream, [_divided(k, workers) for k in keys], rotation, clock=clock)
@@ -408,18 +408,20 @@ class RedisKeyPool:
         return self._usable
 
     async def maintain(self) -> None:
-        """Renew the leases this process holds (long streams) every third of the TTL, and refresh `usable`. Runs
-        for the life of the process (the Gateway's lifespan task group), cancelled at shutdown."""
-        while True:
-            await anyio.sleep(self.lease_ttl / 3)
-            held = list(self._held.items())
-            if held:
-                keys = [self._redis_keys[index][2] for _, index in held]
-                try:
-                    await self._call(self._renew, keys, [self.lease_ttl, *(lease_id for lease_id, _ in held)])
-                except PoolUnavailable:
-                    continue
-            await self.report()
+        """Renew the leases this process holds (long streams) and refresh `usable`: the Gateway's lifespan calls
+        it every third of the lease TTL."""
+        held = list(self._held.items())
+        if held:
+            try:
+                await self._call(self._renew, [zset for _, zset in held], [self.lease_ttl, *(i for i, _ in held)])
+            except PoolUnavailable:
+                return
+        await self.report()
+
+    def adopt(self, previous: RedisKeyPool) -> None:
+        """Take over from the pool a reload replaces: its leases still running keep being renewed. Windows,
+        cooldowns and in-flight counts live in Redis by key id, so kept keys keep them with no copying."""
+        self._held = previous._held
 
     # --- internals ---
 
@@ -436,7 +438,7 @@ class RedisKeyPool:
         return args
 
     def _lease(self, index: int, probe: bool, model: str | None, lease_id: str) -> KeyLease:
-        self._held[lease_id] = index
+        self._held[lease_id] = self._redis_keys[index][2]
         handle = _RedisLease(index, lease_id, probe, model)
         return KeyLease(self._keys[index], self._ids[index], mask_key(self._keys[index]), handle)
 
