@@ -28,7 +28,7 @@ from megagate.config import Config, load_config, prometheus_multiprocess
 from megagate.core.errors import ConfigError, InvalidRequest, NotFound
 from megagate.count_tokens import CountTokensEndpoint
 from megagate.middleware.access_log import AccessLogMiddleware
-from megagate.middleware.auth import AuthMiddleware
+from megagate.middleware.auth import AuthMiddleware, ClientDirectory
 from megagate.middleware.client_limits import ClientLimitsMiddleware
 from megagate.middleware.defaults import DefaultsMiddleware
 from megagate.middleware.errors import ErrorsMiddleware
@@ -43,6 +43,7 @@ from megagate.proxy import UpstreamProxy
 from megagate.reload import ReloadEndpoint, changes, restart_needed
 from megagate.routing import ENDPOINTS, choose
 from megagate.state import route_format
+from megagate.status_page import StatusPage
 from megagate.upstream import Transport
 from megagate.upstream.fast_transport import FastTransport
 
@@ -135,6 +136,7 @@ class Gateway:
         self.app = self._assemble()
 
     def _assemble(self) -> ASGIApp:
+        self.directory = ClientDirectory(self.config.clients)
         app: ASGIApp = self._router(self.clock)
         for cls, kwargs in reversed(self._stack(self.clock)):
             app = cls(app, **kwargs)
@@ -191,6 +193,9 @@ class Gateway:
             routes.append(Route("/admin/keys", AllowMethods(("GET",), keys)))
             reload = AdminGuard(ReloadEndpoint(self), config.admin_token)
             routes.append(Route("/admin/reload", AllowMethods(("POST",), reload)))
+            page = StatusPage(config=config, pools=self.pools, metrics=self.metrics, clients=self.directory)
+            routes.append(Route("/admin", AllowMethods(("GET",), page)))
+            routes.append(Route("/admin/login", AllowMethods(("POST",), page)))
         routes.append(Route("/metrics", AllowMethods(("GET",), metrics_endpoint)))
         everything = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
         return Router(routes=routes, default=AllowMethods(everything, not_found))
@@ -213,7 +218,7 @@ class Gateway:
             (MetricsMiddleware, {"metrics": self.metrics, "clock": clock}),
             (AccessLogMiddleware, {"clock": clock, "text": config.log_format == "text", "log": config.access_log}),
             (ErrorsMiddleware, {"debug": config.debug}),
-            (AuthMiddleware, {"clients": config.clients}),
+            (AuthMiddleware, {"clients": config.clients, "directory": self.directory}),
             (DefaultsMiddleware, defaults),
             (ClientLimitsMiddleware, client_limits),
             (FallbackMiddleware, {"chains": config.fallbacks, "deadline": config.timeouts.total}),

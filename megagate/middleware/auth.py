@@ -62,6 +62,10 @@ class ClientDirectory:
     def __bool__(self) -> bool:
         return bool(self._by_digest)
 
+    def by_name(self, name: str) -> Client | None:
+        """For the status page: a client by its configured name (never by key)."""
+        return next((c for c in self._by_digest.values() if c.config.name == name), None)
+
     def find(self, key: bytes) -> Client | None:
         digest = hashlib.sha256(key).hexdigest()
         client = self._by_digest.get(digest)
@@ -71,9 +75,16 @@ class ClientDirectory:
 
 
 class AuthMiddleware:
-    def __init__(self, app: ASGIApp, *, clients: Sequence[ClientConfig], prefix: str = "/v1/") -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        clients: Sequence[ClientConfig],
+        prefix: str = "/v1/",
+        directory: ClientDirectory | None = None,
+    ) -> None:
         self.app = app
-        self.directory = ClientDirectory(clients)
+        self.directory = directory if directory is not None else ClientDirectory(clients)
         self.prefix = prefix
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
