@@ -20,12 +20,13 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "-
          "--disable-component-update", "--disable-sync"]  # fmt: skip
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
 def test_the_status_page_shows_a_cooling_key_and_no_secret(
     fake_upstream: Process, fake: FakeControl, tmp_path: Path
 ) -> None:
     from playwright.sync_api import sync_playwright
 
+    if CHROMIUM is None:
+        pytest.fail("Debian's chromium is not installed (apt-get install chromium; .ci/run installs it)")
     extra = f'admin_token = "{ADMIN}"\n[[clients]]\nname = "ci-bot"\nkey = "client-key-status-0001"\nrpm = 60\n'
     gateway = start_gateway(tmp_path, gateway_toml(fake_upstream.url, KEYS, extra))
     try:
