@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -132,6 +133,7 @@ class Gateway:
         if config.access_log:
             _log_to_stderr("megagate.access")
         _log_to_stderr("megagate")  # reloads, pool warnings: an operator's lines, unless the host app logs them
+        self.tracing = _tracing(config)  # (provider, tracer) when [tracing] is configured
         self.pools = self._pools(clock)
         self.app = self._assemble()
 
@@ -214,7 +216,13 @@ class Gateway:
         rotation = {"pools": self.pools, "route": partial(choose, config), "rotation": config.rotation, "clock": clock}
         client_limits = {"clock": clock, "default_max_tokens": config.rotation.default_max_tokens,
                          "shared": self.client_windows}  # fmt: skip
+        tracing: list[tuple[Any, dict[str, Any]]] = []
+        if self.tracing is not None:  # an optional dependency, imported only when configured
+            from megagate.middleware.tracing import TracingMiddleware
+
+            tracing.append((TracingMiddleware, {"tracer": self.tracing[1], "clock": clock}))
         return [
+            *tracing,
             (MetricsMiddleware, {"metrics": self.metrics, "clock": clock}),
             (AccessLogMiddleware, {"clock": clock, "text": config.log_format == "text", "log": config.access_log}),
             (ErrorsMiddleware, {"debug": config.debug}),
@@ -285,6 +293,32 @@ class Gateway:
 
     async def aclose(self) -> None:
         await self.transport.aclose()
+        if self.tracing is not None:
+            self.tracing[0].shutdown()
+
+
+def _tracing(config: Config) -> tuple[Any, Any] | None:
+    """A tracer provider of megagate's own (the host application's global one is left alone) and its tracer."""
+    if config.tracing is None:
+        return None
+    try:
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
+    except ImportError:
+        raise ConfigError("tracing: needs opentelemetry-sdk (pip install 'megagate[tracing]')") from None
+    provider = TracerProvider(resource=Resource.create({"service.name": config.tracing.service_name}))
+    if config.tracing.exporter == "console":
+        provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter(out=sys.stdout)))  # stdout as it is now
+    else:
+        try:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[import-not-found]
+                OTLPSpanExporter,
+            )
+        except ImportError:
+            raise ConfigError("tracing.exporter: otlp needs opentelemetry-exporter-otlp-proto-http") from None
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=config.tracing.endpoint)))
+    return provider, provider.get_tracer("megagate")
 
 
 def create_app(

@@ -140,6 +140,14 @@ class PoolSettings(_Config, frozen=True):
     workers: PositiveInt = 1  # processes sharing the keys: what the local fallback divides each limit by
 
 
+class Tracing(_Config, frozen=True):
+    """OpenTelemetry traces (needs the `tracing` extra): spans to the console or to an OTLP/HTTP endpoint."""
+
+    exporter: Literal["console", "otlp"] = "console"
+    endpoint: str | None = None  # OTLP/HTTP, e.g. http://127.0.0.1:4318/v1/traces
+    service_name: str = "megagate"
+
+
 class Config(_Config, frozen=True):
     default_model: str = DEFAULT_MODEL
     defaults: dict[str, Any] = {}
@@ -161,6 +169,7 @@ class Config(_Config, frozen=True):
     metrics_model_cap: PositiveInt = 100  # distinct model label values before the rest count as "other"
     admin_token: str | None = None  # guards /admin/*; without one the admin routes do not exist
     pool: PoolSettings = PoolSettings()
+    tracing: Tracing | None = None  # off unless present
 
     def __post_init__(self) -> None:
         if not self.upstreams:

@@ -37,7 +37,7 @@ from megagate.upstream import Headers, Origin, Transport
 MAX_PLAIN_BODY = 64 * 1024 * 1024
 MAX_ERROR_BODY = 64 * 1024
 # Client headers worth passing on; everything else (auth, cookies, hop-by-hop, host) stays here.
-FORWARDED_HEADERS = frozenset({b"accept", b"user-agent", b"x-request-id"})
+FORWARDED_HEADERS = frozenset({b"accept", b"user-agent", b"x-request-id", b"traceparent", b"tracestate"})
 # x-request-id is megagate's own (see AccessLogMiddleware); the upstream's ids stay useful for its support.
 KEPT_RESPONSE_HEADERS = frozenset({b"openai-processing-ms", b"request-id"})
 

@@ -24,6 +24,8 @@ class Attempt:
     upstream: str
     key_id: str
     outcome: Outcome | None = None  # None while it runs
+    started: float = 0.0  # RotationMiddleware's clock, for the attempt's trace span
+    ended: float | None = None
 
     def __str__(self) -> str:
         return f"{self.model} ({self.key_id})"

@@ -102,7 +102,8 @@ class RotationMiddleware:
                 break  # keys remain but none can serve now: report what the tried ones said
             tried.add(lease.id)
             state.api_key = lease.key
-            attempt = Attempt(state.request.model, state.target.upstream.name if state.target else "", lease.id)
+            upstream = state.target.upstream.name if state.target else ""
+            attempt = Attempt(state.request.model, upstream, lease.id, started=self.clock())
             state.attempts.append(attempt)
             state.usage = None
             outcome, retry_after, error = Outcome.CANCELLED, None, None
@@ -120,7 +121,7 @@ class RotationMiddleware:
                 raise
             finally:
                 state.api_key = None
-                attempt.outcome = outcome
+                attempt.outcome, attempt.ended = outcome, self.clock()
                 used = state.usage.total_tokens if state.usage is not None else None
                 # Cancelled (or crashed): shield the release so the slot returns. Otherwise no scope: it costs.
                 with anyio.CancelScope(shield=True) if outcome is Outcome.CANCELLED else nullcontext():
