@@ -54,7 +54,7 @@ Clock = Callable[[], float]
 
 def build_transport(config: Config) -> Transport:
     timeouts = config.timeouts
-    max_connections = max(u.max_connections for u in config.upstreams)
+    max_connections = max(u.connection_cap for u in config.upstreams)
     if config.transport == "httpcore":
         from megagate.upstream.httpcore_transport import HttpcoreTransport
 

@@ -18,11 +18,15 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from megagate.core.errors import ConfigError
+from megagate.core.scheduler import KeyLimits
 from megagate.core.secrets import key_id
 
 MEGALLM_BASE_URL = "https://ai.megallm.io"
 DEFAULT_MODEL = "openai-gpt-oss-120b"
 
+# Connections per origin when the keys set no concurrency limit: thousands of long streams (coding agents hold
+# theirs for minutes) must not queue behind a small pool; the process's file-descriptor limit is the real bound.
+UNLIMITED_CONNECTIONS = 4096
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
@@ -61,7 +65,21 @@ class UpstreamConfig(_Config, frozen=True):
     models: list[str] = msgspec.field(default_factory=lambda: ["*"])
     # what it speaks: one format, "both" (chat completions and messages, as MegaLLM), or a list of formats
     format: Literal["openai", "anthropic", "both"] | list[Literal["openai", "anthropic", "responses"]] = "openai"
-    max_connections: PositiveInt = 256
+    # connections to its origin at once; None: what the keys can run (see `connection_cap`)
+    max_connections: PositiveInt | None = None
+
+    @property
+    def connection_cap(self) -> int:
+        """The most requests this upstream's keys can have in flight: the sum of their concurrency limits (tier
+        presets included), so that a request holding a key lease never waits for a connection; unlimited keys (or
+        none) get UNLIMITED_CONNECTIONS. An explicit `max_connections` wins."""
+        if self.max_connections is not None:
+            return self.max_connections
+        limits = [KeyLimits.for_tier(k.tier, max_concurrency=k.max_concurrency).max_concurrency
+                  for k in self.key_configs]  # fmt: skip
+        if not limits or any(limit is None for limit in limits):
+            return UNLIMITED_CONNECTIONS
+        return max(1, sum(limit for limit in limits if limit is not None))
 
     @property
     def formats(self) -> frozenset[str]:

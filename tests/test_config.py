@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from megagate.config import load_config
+from megagate.config import config_from_mapping, load_config
 from megagate.core.errors import ConfigError
 from megagate.routing import ENDPOINTS, choose
 
@@ -94,3 +95,15 @@ def test_a_client_key_given_in_clear_is_kept_only_as_its_digest() -> None:
     client = config.clients[0]
     assert client.key is None and client.key_sha256 == hashlib.sha256(b"sk-client-alice-secret").hexdigest()
     assert "sk-client-alice-secret" not in repr(config)
+
+
+def test_the_connection_cap_follows_what_the_keys_can_run() -> None:
+    """A request holding a key lease never waits for a connection: the cap is the keys' concurrency summed."""
+
+    def upstream(keys: list[Any], **extra: Any) -> Any:
+        config = config_from_mapping({"upstreams": [{"name": "u", "base_url": "http://x", "keys": keys, **extra}]})
+        return config.upstreams[0]
+
+    assert upstream([{"key": "k1", "tier": "pro"}, {"key": "k2", "max_concurrency": 3}]).connection_cap == 43
+    assert upstream(["k1"]).connection_cap == 4096  # an unlimited key: thousands of streams must not queue
+    assert upstream([{"key": "k1", "tier": "basic"}], max_connections=5).connection_cap == 5
