@@ -50,7 +50,7 @@ class Mock(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         if b'"stream":true' in self.body.replace(b" ", b""):
-            delay = 0.01 if b'-10ms"' in self.body else 0.0
+            delay = 0.1 if b'-100ms"' in self.body else 0.01 if b'-10ms"' in self.body else 0.0
             asyncio.get_running_loop().create_task(self.stream(delay))
         else:
             self.transport.write(

@@ -204,6 +204,7 @@ def main() -> None:
     parser.add_argument("--transport", "-t", action="append", choices=["fast", "httpcore"],
                         help="upstream transport for floor and megagate (default: fast)")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="1 s per step (smoke run)")
+    parser.add_argument("--scale", action="store_true", help="then the C = 256 / 1,000 / 2,000 streams rows")
     args = parser.parse_args()
     steps = [(s[0], s[1], s[2], 1.0 if args.quick else s[3], s[4]) for s in STEPS]
     everything: dict[str, Any] = {
@@ -219,6 +220,10 @@ def main() -> None:
     print(f"\n{everything['machine']}, {everything['date']}")
     for worker_class, results in everything["runs"].items():
         print(f"\n### hypercorn -k {worker_class}\n\n{table(results)}")
+    if args.scale:
+        from benchmarks import scale
+
+        scale.main()
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ def test_bad_config_fails_at_start_up_with_one_clear_line(tmp_path: Path) -> Non
     # Under bare hypercorn the worker stops by itself after our line (hypercorn then adds its own traceback of the
     # lifespan failure and exits 0); `megagate serve` checks first and prints only the line.
     output = result.stdout + result.stderr
-    assert "megagate: bad configuration: upstreams[0].max_connections: Expected `int`, got `str`" in output
+    assert "megagate: bad configuration: upstreams[0].max_connections: Expected `int | null`, got `str`" in output
     serve = subprocess.run(
         [sys.executable, "-m", "megagate", "serve", "--bind", f"127.0.0.1:{free_port()}"],
         env={**os.environ, "MEGAGATE_CONFIG": str(config)},
@@ -59,7 +59,7 @@ def test_bad_config_fails_at_start_up_with_one_clear_line(tmp_path: Path) -> Non
     )
     assert serve.returncode == 2
     assert serve.stderr.strip() == (
-        "megagate: bad configuration: upstreams[0].max_connections: Expected `int`, got `str`"
+        "megagate: bad configuration: upstreams[0].max_connections: Expected `int | null`, got `str`"
     )
 
 
