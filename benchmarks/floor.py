@@ -15,8 +15,9 @@ from megagate.upstream.fast_transport import FastTransport
 from megagate.upstream.httpcore_transport import HttpcoreTransport
 
 ORIGIN = Origin("http", "127.0.0.1", int(os.environ.get("MOCK_PORT", "9200")))
+# The same connection cap megagate derives for unlimited keys, so the floor does not queue at thousands of streams.
 transport = (HttpcoreTransport if os.environ.get("BENCH_TRANSPORT") == "httpcore" else FastTransport)(
-    timeouts=Timeouts()
+    timeouts=Timeouts(), max_connections=4096
 )
 
 
