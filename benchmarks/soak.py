@@ -1,0 +1,156 @@
+"""A soak: python -m benchmarks.soak [--minutes 10] [--streams 200]
+
+megagate (one hypercorn worker, full default stack, an admin token) in front of the fake upstream streaming at
+25 ms per chunk; `streams` clients loop over streamed requests, some leaving mid-stream, some to models the fake
+breaks (a dropped connection, 429s, 5xx), plus plain requests. Every 30 s it samples the gateway's RSS, open file
+descriptors, in-flight count per key (`/admin/keys`) and event-loop lag (the time `/healthz` takes). It passes when
+RSS grows less than 10 % from minute 2 to the end, no descriptors leak, every key is back to 0 in flight, no request
+hung, and every failed stream ended with its error event. Results go to benchmarks/results-soak.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+
+from benchmarks.run import HERE, ROOT, pinned, rss_mib, start
+from megagate.serve import free_port
+
+ADMIN = "soak-admin-token"
+KEYS = [f"sk-soak-key-{i:04d}" for i in range(4)]
+# model -> what the fake does with it (rules posted at start); the rest answer normally
+FAULTS = {"soak-drop": {"drop_after": 5}, "soak-limited": {"status": 429, "retry_after": 1},
+          "soak-broken": {"status": 500}}  # fmt: skip
+MODELS = ["soak"] * 7 + list(FAULTS)
+
+
+def fds(pid: int) -> int:
+    return sum(len(os.listdir(f"/proc/{p}/fd")) for p in _tree(pid))
+
+
+def _tree(pid: int) -> list[int]:
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        for child in (task / "children").read_text().split():
+            found += _tree(int(child))
+    return found
+
+
+async def client(http: httpx.AsyncClient, deadline: float, tally: dict[str, int]) -> None:
+    rng = random.Random()
+    while time.monotonic() < deadline:
+        model = rng.choice(MODELS)
+        stream = rng.random() < 0.85
+        leave_early = stream and rng.random() < 0.1
+        body = {"model": model, "messages": [{"role": "user", "content": "soak"}], "stream": stream}
+        try:
+            with anyio.fail_after(30):  # a hung request is a failure of the soak
+                async with http.stream("POST", "/v1/chat/completions", json=body) as response:
+                    data = b""
+                    async for chunk in response.aiter_bytes():
+                        data += chunk
+                        if leave_early and data.count(b"data: ") >= 3:
+                            break
+        except TimeoutError:
+            tally["hung"] += 1
+            continue
+        except httpx.HTTPError:
+            tally["transport_errors"] += 1
+            continue
+        if leave_early:
+            tally["left"] += 1
+        elif response.status_code != 200:
+            tally["error_answers"] += 1
+        elif stream and not data.endswith(b"data: [DONE]\n\n"):
+            tally["cut_streams"] += 1  # a stream that ended with neither [DONE] nor our error event and [DONE]
+        elif stream and b'"error"' in data:
+            tally["failed_streams_told"] += 1
+        else:
+            tally["ok"] += 1
+
+
+async def sample(http: httpx.AsyncClient, pid: int) -> dict[str, Any]:
+    started = time.perf_counter()
+    await http.get("/healthz")
+    lag = time.perf_counter() - started
+    keys = (await http.get("/admin/keys", headers={"authorization": f"Bearer {ADMIN}"})).json()["data"]
+    return {"at": time.monotonic(), "rss_mib": rss_mib(pid, "VmRSS"), "fds": fds(pid), "lag_ms": lag * 1000,
+            "in_flight": {k["id"]: k["in_flight"] for k in keys}}  # fmt: skip
+
+
+async def soak(minutes: float, streams: int) -> dict[str, Any]:
+    fake_port, gate_port = free_port(), free_port()
+    config = Path(tempfile.mkdtemp()) / "soak.toml"
+    config.write_text(f'admin_token = "{ADMIN}"\naccess_log = false\n[rotation]\nmax_wait = 1\n'
+                      f'[[upstreams]]\nname = "fake"\nbase_url = "http://127.0.0.1:{fake_port}"\n'
+                      f"keys = {json.dumps(KEYS)}\n")  # fmt: skip
+    env = {**os.environ, "MEGAGATE_CONFIG": str(config), "PYTHONPATH": str(ROOT)}
+    fake = start(pinned(1, [sys.executable, "-m", "megagate.fake", "--port", str(fake_port), "--tps", "40",
+                            "--length", "40"]), fake_port, env)  # fmt: skip
+    gateway = start(pinned(0, [sys.executable, "-m", "hypercorn", "-c", str(ROOT / "hypercorn.toml"), "-b",
+                               f"127.0.0.1:{gate_port}", "megagate.app:app"]), gate_port, env)  # fmt: skip
+    tally = dict.fromkeys(["ok", "left", "error_answers", "failed_streams_told", "cut_streams", "hung",
+                           "transport_errors"], 0)  # fmt: skip
+    samples: list[dict[str, Any]] = []
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{fake_port}") as control:
+            for model, fault in FAULTS.items():
+                await control.post("/_fake/rules", json={"fault": fault, "model": model})
+        limits = httpx.Limits(max_connections=streams + 10, max_keepalive_connections=streams + 10)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gate_port}", timeout=60, limits=limits) as http:
+            deadline = time.monotonic() + minutes * 60
+            async with anyio.create_task_group() as group:
+                for _ in range(streams):
+                    group.start_soon(client, http, deadline, tally)
+                while time.monotonic() < deadline:
+                    samples.append(await sample(http, gateway.pid))
+                    print(f"[soak] {samples[-1]['rss_mib']:.1f} MiB, {samples[-1]['fds']} fds, lag "
+                          f"{samples[-1]['lag_ms']:.1f} ms, {tally}", flush=True)  # fmt: skip
+                    await anyio.sleep(min(30.0, max(0.0, deadline - time.monotonic())))
+            await anyio.sleep(2.0)  # let the last releases land
+            samples.append(await sample(http, gateway.pid))
+    finally:
+        gateway.terminate()
+        fake.terminate()
+    return verdict(samples, tally, minutes)
+
+
+def verdict(samples: list[dict[str, Any]], tally: dict[str, int], minutes: float) -> dict[str, Any]:
+    start_at = samples[0]["at"]
+    base = next((s for s in samples if s["at"] - start_at >= 120), samples[len(samples) // 2])  # minute 2
+    end = samples[-1]
+    checks = {
+        "rss growth < 10 % from minute 2": end["rss_mib"] < base["rss_mib"] * 1.10,
+        "no fd growth": end["fds"] <= base["fds"] + 5,
+        "every key back to 0 in flight": all(v == 0 for v in end["in_flight"].values()),
+        "no hung request": tally["hung"] == 0,
+        "every failed stream ended with its error event": tally["cut_streams"] == 0,
+    }
+    return {"minutes": minutes, "tally": tally, "samples": samples, "checks": checks, "passed": all(checks.values())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--streams", type=int, default=200)
+    args = parser.parse_args()
+    result = anyio.run(soak, args.minutes, args.streams)
+    (HERE / "results-soak.json").write_text(json.dumps(result, indent=1))
+    for check, ok in result["checks"].items():
+        print(f"{'PASS' if ok else 'FAIL'}  {check}")
+    print(json.dumps(result["tally"]))
+    sys.exit(0 if result["passed"] else 1)
+
+
+if __name__ == "__main__":
+    main()
