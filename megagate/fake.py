@@ -84,6 +84,10 @@ MAX_BODY = 64 * 1024 * 1024
 ANSWERED = frozenset(
     {"/v1/chat/completions", "/v1/messages", "/v1/messages/count_tokens", "/v1/responses", "/v1/embeddings"}
 )
+OTHER_FORMATS: dict[str, tuple[str, Any, Any]] = {
+    "/v1/messages": ("msg_fake", fake_anthropic.stream, fake_anthropic.message),
+    "/v1/responses": ("resp_fake", fake_responses.stream, fake_responses.answer),
+}
 _encoder = msgspec.json.Encoder()
 _any = msgspec.json.Decoder(Any)
 
@@ -217,19 +221,13 @@ class FakeUpstream:
         if path == "/v1/embeddings":
             await _send_json(send, 200, fake_responses.embeddings(payload))
             return
-        if path == "/v1/responses":
-            ident = f"resp_fake_{next(self._ids)}"
+        if path in OTHER_FORMATS:  # Anthropic's messages, the Responses API: (id prefix, stream, whole answer)
+            prefix, stream, whole = OTHER_FORMATS[path]
+            ident = f"{prefix}_{next(self._ids)}"
             if payload.get("stream"):
-                await fake_responses.stream(ident, payload, words, fault, send)
+                await stream(ident, payload, words, fault, send)
             else:
-                await _send_json(send, 200, fake_responses.answer(ident, payload, words, fault))
-            return
-        if path == "/v1/messages":
-            ident = f"msg_fake_{next(self._ids)}"
-            if payload.get("stream"):
-                await fake_anthropic.stream(ident, payload, words, fault, send)
-            else:
-                await _send_json(send, 200, fake_anthropic.message(ident, payload, words, fault))
+                await _send_json(send, 200, whole(ident, payload, words, fault))
             return
         tool = _first_tool(payload, fault)
         usage = Usage(len(_encoder.encode(payload.get("messages"))) // 4, len(words))
