@@ -240,7 +240,10 @@ class Gateway:
         upstreams = [u for u in config.upstreams if u.keys]
         if settings.store == "memory":
             return {u.name: LocalKeyPool(u.name, u.key_configs, config.rotation, clock=clock) for u in upstreams}
-        import coredis  # an optional dependency: only the Redis store needs it
+        try:
+            import coredis  # an optional dependency: only the Redis store needs it
+        except ImportError:
+            raise ConfigError("pool.store: \"redis\" needs coredis (pip install 'megagate[redis]')") from None
 
         from megagate.redis_pool import RedisClientWindows, RedisKeyPool
 
