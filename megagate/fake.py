@@ -330,9 +330,10 @@ def _first_tool(payload: dict[str, Any], fault: Fault) -> tuple[str, str] | None
     messages = payload.get("messages") or [{}]
     if not tools or payload.get("tool_choice") == "none" or messages[-1].get("role") == "tool":
         return None
-    names = [t.get("function", {}).get("name", "tool") for t in tools if isinstance(t, dict)]
-    name = fault.tool if fault.tool is not None and fault.tool in names else names[0] if names else "tool"
-    return str(name), _encoder.encode(fault.tool_input or fake_anthropic.TOOL_INPUT).decode()
+    names = [str(t.get("function", {}).get("name", "tool")) for t in tools if isinstance(t, dict)]
+    name = fake_anthropic.chosen_tool(names, fault)
+    arguments = _encoder.encode(fault.tool_input or fake_anthropic.TOOL_INPUT).decode()
+    return (name, arguments) if name is not None else None
 
 
 def _key_of(headers: dict[str, str]) -> str | None:

@@ -26,6 +26,13 @@ def error_body(status: int, message: str) -> bytes:
     return _encoder.encode({"type": "error", "error": {"type": kind, "message": message}})
 
 
+def chosen_tool(names: list[str], fault: Any) -> str | None:
+    """The offered tool to call: the one the fault names, else the first; none for `tool = "none"` (both fakes)."""
+    if fault.tool == "none" or not names:
+        return None
+    return fault.tool if fault.tool in names else names[0]
+
+
 def first_tool(payload: dict[str, Any], fault: Any) -> tuple[str, Any] | None:
     """Call the tool the fault names (else the first offered), unless the conversation already ends with a tool
     result. Returns the tool's name and input."""
@@ -35,9 +42,8 @@ def first_tool(payload: dict[str, Any], fault: Any) -> tuple[str, Any] | None:
     answered = isinstance(content, list) and any(b.get("type") == "tool_result" for b in content if isinstance(b, dict))
     if not tools or answered or (payload.get("tool_choice") or {}).get("type") == "none":
         return None
-    names = [str(t.get("name", "tool")) for t in tools if isinstance(t, dict)]
-    name = fault.tool if fault.tool is not None and fault.tool in names else names[0] if names else "tool"
-    return name, fault.tool_input or TOOL_INPUT
+    name = chosen_tool([str(t.get("name", "tool")) for t in tools if isinstance(t, dict)], fault)
+    return (name, fault.tool_input or TOOL_INPUT) if name is not None else None
 
 
 def count_tokens(payload: dict[str, Any]) -> bytes:

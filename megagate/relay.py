@@ -30,7 +30,7 @@ from megagate.core.translate import (
     openai_to_anthropic_response,
 )
 from megagate.core.translate_stream import AnthropicToOpenAIStream, OpenAIToAnthropicStream
-from megagate.routing import COUNT_TOKENS_PATH, EMBEDDINGS_PATH, Target
+from megagate.routing import Target
 from megagate.state import RequestState
 
 SSE_HEADERS = [
@@ -77,7 +77,7 @@ def make_plan(state: RequestState, target: Target, created: int) -> Plan:
     """What to send where: the request as is, or translated into the upstream's format."""
     client, upstream = state.format, target.format
     plan = Plan(client, upstream, target.path, state.request.encode(), created)
-    if client == upstream or target.path in (COUNT_TOKENS_PATH, EMBEDDINGS_PATH):
+    if client == upstream:  # token counts and embeddings are only ever routed to their own format
         return plan
     try:
         translated = _translate_request(client, upstream, _any.decode(plan.body), plan)

@@ -24,13 +24,23 @@ from megagate.config import KeyConfig, Rotation
 from megagate.core.errors import NoKeyAvailable, NoUsableKey
 from megagate.core.outcome import Outcome
 from megagate.pool import KeyPool, LocalKeyPool
-from megagate.redis_pool import PoolUnavailable, RedisKeyPool
+from megagate.redis_pool import RETRY_REDIS_AFTER, PoolUnavailable, RedisKeyPool
 from tests.conftest import RedisServer
 
 pytestmark = pytest.mark.anyio
 
 KEY_A, KEY_B = "sk-mega-pool-test-aaaa1111", "sk-mega-pool-test-bbbb2222"
 Maker = Callable[..., Any]
+
+
+class ManualClock:
+    """The pool's own clock, driven by hand (Redis keeps its own time for the windows)."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -154,7 +164,8 @@ async def test_redis_restarted_serves_again_with_its_scripts_reloaded(tmp_path: 
     server = RedisServer(tmp_path)
     try:
         async with coredis.Redis.from_url(server.url, stream_timeout=0.5, connect_timeout=0.5) as client:
-            pool = RedisKeyPool("up", [KeyConfig(key=KEY_A)], client=client, timeout=0.5)
+            clock = ManualClock()
+            pool = RedisKeyPool("up", [KeyConfig(key=KEY_A)], client=client, timeout=0.5, clock=clock)
             await pool.release(await pool.acquire(1), Outcome.SUCCESS)
             server.stop()
             with anyio.fail_after(3):
@@ -162,7 +173,7 @@ async def test_redis_restarted_serves_again_with_its_scripts_reloaded(tmp_path: 
                     await pool.acquire(1)
             assert caught.value.status == 503 and caught.value.retry_after is not None
             server.start()
-            await anyio.sleep(1.1)  # past RETRY_REDIS_AFTER
+            clock.now += RETRY_REDIS_AFTER  # the pool asks Redis again once the back-off is over
             lease = await pool.acquire(1)
             await pool.release(lease, Outcome.SUCCESS)
             assert (await pool.report())[0].requests_last_minute == 1  # a fresh Redis: only this one
@@ -175,7 +186,8 @@ async def test_redis_down_with_local_fallback_keeps_serving(tmp_path: Any) -> No
     try:
         async with coredis.Redis.from_url(server.url, stream_timeout=0.5, connect_timeout=0.5) as client:
             keys = [KeyConfig(key=KEY_A, rpm=10)]
-            pool = RedisKeyPool("up", keys, client=client, timeout=0.5, on_redis_error="local", workers=2)
+            clock = ManualClock()
+            pool = RedisKeyPool("up", keys, client=client, timeout=0.5, on_redis_error="local", workers=2, clock=clock)
             server.stop()
             with anyio.fail_after(3):
                 leases = [await pool.acquire(1) for _ in range(5)]  # rpm 10 over 2 workers: 5 here
@@ -184,7 +196,7 @@ async def test_redis_down_with_local_fallback_keeps_serving(tmp_path: Any) -> No
             for lease in leases:
                 await pool.release(lease, Outcome.SUCCESS)
             server.start()
-            await anyio.sleep(1.1)
+            clock.now += RETRY_REDIS_AFTER
             await pool.release(await pool.acquire(1), Outcome.SUCCESS)  # back on the shared store
             assert (await pool.report())[0].requests_last_minute == 1
     finally:

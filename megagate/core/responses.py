@@ -139,7 +139,7 @@ def _assistant(messages: list[Json]) -> Json:
     return messages[-1]
 
 
-def _messages(items: list[Json], plan: ChatPlan) -> list[Json]:
+def _messages(items: list[Json]) -> list[Json]:
     messages: list[Json] = []
     for index, item in enumerate(items):
         where = f"input[{index}]"
@@ -166,7 +166,7 @@ def _messages(items: list[Json], plan: ChatPlan) -> list[Json]:
     return messages
 
 
-def _tool_choice(choice: Any, plan: ChatPlan) -> Any:
+def _tool_choice(choice: Any) -> Any:
     if choice in ("auto", "none", "required"):
         return choice
     if isinstance(choice, dict) and choice.get("type") in ("function", "custom") and choice.get("name"):
@@ -193,14 +193,14 @@ def responses_to_chat_request(body: Json) -> ChatPlan:
     if isinstance(given, str):
         messages.append({"role": "user", "content": given})
     elif isinstance(given, list):
-        messages += _messages(given, plan)
+        messages += _messages(given)
     if not messages:
         raise InvalidRequest("Missing required parameter: 'input'.", param="input")
     chat = plan.body
     chat["messages"] = messages
     if tools:
         chat["tools"] = tools
-        if (choice := _tool_choice(body.get("tool_choice"), plan)) is not None:
+        if (choice := _tool_choice(body.get("tool_choice"))) is not None:
             chat["tool_choice"] = choice
         if body.get("parallel_tool_calls") is not None:
             chat["parallel_tool_calls"] = body["parallel_tool_calls"]

@@ -94,7 +94,7 @@ class DefaultsMiddleware:
             self.profiles[path] = _Profile(ANTHROPIC_RULES, anthropic, REQUIRED.get(path, frozenset()))
         responses = _defaults_for(default_model, configured, RESPONSES_RULES)
         self.profiles["/v1/responses"] = _Profile(RESPONSES_RULES, responses, shape="input")
-        embeddings = _defaults_for(default_model, {}, EMBEDDINGS_RULES)
+        embeddings = RequestDefaults(default_model)  # no configured parameter means anything to an embedding
         self.profiles["/v1/embeddings"] = _Profile(EMBEDDINGS_RULES, embeddings, REQUIRED["/v1/embeddings"], "input")
         self.aliases = dict(aliases or {})
         self.max_body_bytes = max_body_bytes

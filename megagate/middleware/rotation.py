@@ -126,10 +126,10 @@ class RotationMiddleware:
                 # Cancelled (or crashed): shield the release so the slot returns. Otherwise no scope: it costs.
                 with anyio.CancelScope(shield=True) if outcome is Outcome.CANCELLED else nullcontext():
                     await pool.release(lease, outcome, tokens_used=used, retry_after=retry_after, error=error)
-        raise _final_error(failures, len(tried))
+        raise _final_error(failures)
 
 
-def _final_error(failures: list[UpstreamError], keys_tried: int) -> UpstreamError:
+def _final_error(failures: list[UpstreamError]) -> UpstreamError:
     """The last failure stands for all (ErrorsMiddleware tells what was tried, from the attempts); a 429 carries
     the soonest Retry-After seen."""
     last = failures[-1]
