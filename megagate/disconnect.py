@@ -24,7 +24,8 @@ from megagate.asgi import Receive
 class CancelOnDisconnect:
     def __init__(self, receive: Receive) -> None:
         self.receive = receive
-        self.scope = anyio.CancelScope()
+        self.scope = anyio.CancelScope()  # the work's scope; its owner may also give it a deadline
+        self.disconnected = False  # the client left (else a cancellation of the scope was its deadline)
         self._task: asyncio.Task[None] | None = None
         self._group: anyio.abc.TaskGroup | None = None
 
@@ -34,6 +35,7 @@ class CancelOnDisconnect:
                 pass
         except Exception:  # noqa: BLE001 -- a server that breaks receive: nothing left to watch
             return
+        self.disconnected = True
         self.scope.cancel()
 
     async def __aenter__(self) -> anyio.CancelScope:

@@ -120,17 +120,18 @@ class UpstreamProxy:
         headers = self._headers(scope, key, target.format, state.format)
         headers.append((b"content-length", str(len(plan.body)).encode()))
         secrets = (key,) if key else ()
-        # The client leaving cancels the upstream call at once, not at the next send.
-        async with CancelOnDisconnect(receive):
-            # The first-byte timeout runs until the first event is relayed (the transport's own bounds only the
-            # headers): a stream whose headers come at once but whose first event never does is a timeout. A plain
-            # answer needs no scope of its own: the transport bounds the wait for its headers.
-            first_byte = self.config.timeouts.first_byte
-            deadline = anyio.current_time() + first_byte if state.request.stream else math.inf
-            with anyio.CancelScope(deadline=deadline) as waiting:
-                await self._exchange(state, plan, waiting, origin, base_path + plan.path, headers, secrets, send)
-            if waiting.cancelled_caught:
-                raise UpstreamTimeout(f"upstream sent no first event within the first-byte timeout ({first_byte:g} s)")
+        # The client leaving cancels the upstream call at once, not at the next send. The same scope carries the
+        # first-byte timeout until the first event is relayed (the transport's own bounds only the headers): a
+        # stream whose headers come at once but whose first event never does is a timeout. A plain answer needs no
+        # deadline: the transport bounds the wait for its headers. One scope, not two: each costs microseconds.
+        first_byte = self.config.timeouts.first_byte
+        watcher = CancelOnDisconnect(receive)
+        async with watcher as waiting:
+            if state.request.stream:
+                waiting.deadline = anyio.current_time() + first_byte
+            await self._exchange(state, plan, waiting, origin, base_path + plan.path, headers, secrets, send)
+        if waiting.cancelled_caught and not watcher.disconnected:
+            raise UpstreamTimeout(f"upstream sent no first event within the first-byte timeout ({first_byte:g} s)")
 
     async def _exchange(
         self,

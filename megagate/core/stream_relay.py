@@ -66,7 +66,7 @@ class ChainedStream:
         return self.second.fail(error)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs a setattr call per field, per chunk
 class Output:
     data: bytes = b""  # send these to the client now
     started: bool = False  # `data` holds the answer's first event: send the response headers before it

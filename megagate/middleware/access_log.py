@@ -8,16 +8,17 @@ never a secret (keys appear only as ids, clients by name). Nothing is built when
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
-from megagate.asgi import ASGIApp, Message, Receive, Scope, Send, header
+from megagate.asgi import ASGIApp, Receive, Scope, Send, header
 from megagate.middleware.auth import get_client
+from megagate.middleware.watch import Headers, watch_response
 from megagate.state import get_state, route_path
 
 logger = logging.getLogger("megagate.access")
@@ -39,29 +40,22 @@ class AccessLogMiddleware:
             await self.app(scope, receive, send)
             return
         given = header(scope, b"x-request-id")
-        request_id = given if given is not None and _SANE_ID.fullmatch(given) else uuid.uuid4().hex.encode()
+        request_id = given if given is not None and _SANE_ID.fullmatch(given) else os.urandom(16).hex().encode()
         if given != request_id:  # the id travels upstream with the request (the proxy forwards x-request-id)
             scope["headers"] = [(k, v) for k, v in scope["headers"] if k != b"x-request-id"]
             scope["headers"].append((b"x-request-id", request_id))
         started = self.clock()
-        status = 0
-        first_byte: float | None = None
+        watch, send = watch_response(scope, send, self.clock)
 
-        async def echo_id(message: Message) -> None:
-            nonlocal status, first_byte
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                headers = [(k, v) for k, v in message.get("headers", ()) if k != b"x-request-id"]
-                message = {**message, "headers": [*headers, (b"x-request-id", request_id)]}
-            elif first_byte is None and message.get("body"):
-                first_byte = self.clock()
-            await send(message)
+        def echo_id(headers: Headers) -> Headers:
+            return [*((k, v) for k, v in headers if k != b"x-request-id"), (b"x-request-id", request_id)]
 
         try:
-            await self.app(scope, receive, echo_id)
+            with watch.adding_headers(echo_id):
+                await self.app(scope, receive, send)
         finally:
             if self.log and logger.isEnabledFor(logging.INFO):
-                logger.info(self._line(scope, request_id, status, started, first_byte))
+                logger.info(self._line(scope, request_id, watch.status, started, watch.first_byte))
 
     def _line(self, scope: Scope, request_id: bytes, status: int, started: float, first_byte: float | None) -> str:
         state = get_state(scope)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from megagate.asgi import ASGIApp, ClientDisconnected, Message, Receive, Scope, Send, header, send_error
+from megagate.asgi import ASGIApp, ClientDisconnected, Receive, Scope, Send, header, send_error
 from megagate.core.errors import MegagateError, NoKeyAvailable, UpstreamError
+from megagate.middleware.watch import watch_response
 from megagate.state import get_state, route_format
 
 logger = logging.getLogger("megagate.errors")
@@ -26,26 +27,19 @@ class ErrorsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
-
-        async def send_tracking_start(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+        watch, send = watch_response(scope, send)
         try:
-            await self.app(scope, receive, send_tracking_start)
+            await self.app(scope, receive, send)
         except ClientDisconnected:
             return
         except MegagateError as error:
-            if started:
+            if watch.started:
                 logger.warning("error after the response started: %s", error.message)
                 return
             await send_error(send, self._with_debug(scope, _with_attempts(scope, error)), route_format(scope))
         except Exception as exc:
             logger.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
-            if not started:
+            if not watch.started:
                 internal = MegagateError("Internal error in megagate.")
                 internal.__cause__ = exc
                 await send_error(send, self._with_debug(scope, internal), route_format(scope))

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 
 import anyio
 
-from megagate.asgi import ASGIApp, Message, Receive, Scope, Send, header, replay_body
+from megagate.asgi import ASGIApp, Receive, Scope, Send, header, replay_body
 from megagate.core.errors import (
     MegagateError,
     NoKeyAvailable,
@@ -25,6 +25,7 @@ from megagate.core.errors import (
 )
 from megagate.core.outcome import classify, fallback_switch
 from megagate.core.stream_relay import stream_error_event
+from megagate.middleware.watch import Headers, watch_response
 from megagate.state import RequestState, get_state
 
 logger = logging.getLogger("megagate.fallback")
@@ -62,17 +63,14 @@ class FallbackMiddleware:
             await self.app(scope, receive, send)
             return
 
-        async def send_reporting(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                served = state.served_model.encode()
-                headers = [*message.get("headers", ()), (b"x-megagate-model", served)]
-                headers.append((b"x-megagate-attempts", str(len(state.attempts)).encode()))
-                message = {**message, "headers": headers}
-            await send(message)
+        def report(headers: Headers) -> Headers:
+            attempts = str(len(state.attempts)).encode()
+            return [*headers, (b"x-megagate-model", state.served_model.encode()), (b"x-megagate-attempts", attempts)]
 
+        watch, send = watch_response(scope, send)
         deadline = self._deadline(scope)
-        with anyio.move_on_after(deadline):
-            await self._try_chain(scope, receive, send_reporting, state)
+        with anyio.move_on_after(deadline), watch.adding_headers(report):
+            await self._try_chain(scope, receive, send, state)
             return
         # The deadline passed. Before the first byte that is a 504; after it, the stream ends visibly.
         error = UpstreamTimeout(f"no complete answer within the request deadline of {deadline:g} s")

@@ -10,8 +10,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from megagate.asgi import ASGIApp, Message, Receive, Scope, Send
+from megagate.asgi import ASGIApp, Receive, Scope, Send
 from megagate.middleware.auth import get_client
+from megagate.middleware.watch import watch_response
 from megagate.prometheus import Metrics
 from megagate.state import get_state, route_path
 
@@ -30,26 +31,16 @@ class MetricsMiddleware:
             return
         metrics = self.metrics
         started = self.clock()
-        status = 0
-        first_byte: float | None = None
-
-        async def observe(message: Message) -> None:
-            nonlocal status, first_byte
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            elif first_byte is None and message.get("body"):
-                first_byte = self.clock()
-            await send(message)
-
+        watch, send = watch_response(scope, send, self.clock)
         counted = route_path(scope) not in OPERATOR_ROUTES  # a scrape or a health check is no request in flight
         if counted:
             metrics.live[id(scope)] = scope
         try:
-            await self.app(scope, receive, observe)
+            await self.app(scope, receive, send)
         finally:
             if counted:
                 del metrics.live[id(scope)]
-            self._record(scope, status, started, first_byte)
+            self._record(scope, watch.status, started, watch.first_byte)
 
     def _record(self, scope: Scope, status: int, started: float, first_byte: float | None) -> None:
         metrics = self.metrics

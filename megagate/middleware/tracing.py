@@ -18,7 +18,8 @@ from opentelemetry import trace
 from opentelemetry.propagate import inject
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from megagate.asgi import ASGIApp, Message, Receive, Scope, Send
+from megagate.asgi import ASGIApp, Receive, Scope, Send
+from megagate.middleware.watch import watch_response
 from megagate.state import get_state, route_path
 
 Clock = Callable[[], float]
@@ -38,25 +39,16 @@ class TracingMiddleware:
             await self.app(scope, receive, send)
             return
         path = route_path(scope)
-        status = 0
-        first_byte: float | None = None
         started = self.clock()
+        watch, send = watch_response(scope, send, self.clock)
         with self.tracer.start_as_current_span(f"{scope['method']} {path}", kind=SpanKind.SERVER) as span:
             carrier: dict[str, str] = {}
             inject(carrier)  # the upstream request carries this trace (the proxy forwards traceparent)
             scope["headers"] = [*scope["headers"], *((k.encode(), v.encode()) for k, v in carrier.items())]
-
-            async def observe(message: Message) -> None:
-                nonlocal status, first_byte
-                if message["type"] == "http.response.start":
-                    status = message["status"]
-                elif first_byte is None and message.get("body"):
-                    first_byte = self.clock()
-                await send(message)
-
             try:
-                await self.app(scope, receive, observe)
+                await self.app(scope, receive, send)
             finally:
+                status, first_byte = watch.status, watch.first_byte
                 span.set_attribute("http.response.status_code", status)
                 if first_byte is not None:
                     span.set_attribute("megagate.ttft_ms", round((first_byte - started) * 1000, 2))

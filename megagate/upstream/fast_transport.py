@@ -15,6 +15,7 @@ the server never saw it.
 from __future__ import annotations
 
 import ssl
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -106,7 +107,10 @@ class _Response:
         while not connection.body:
             if connection.complete:
                 raise StopAsyncIteration
-            await _mapped(connection.receive(connection.timeouts.read))
+            try:  # the per-chunk path: the mapping inline, not one more coroutine frame per read as `_mapped` is
+                await connection.receive(connection.timeouts.read)
+            except _STREAM_FAILURES as exc:
+                raise _upstream_failure(exc) from None
         body = connection.body
         connection.body = []
         return body[0] if len(body) == 1 else b"".join(body)
@@ -115,14 +119,20 @@ class _Response:
         return await read_limited(self, limit)
 
 
+_STREAM_FAILURES = (TimeoutError, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError, ssl.SSLError)
+
+
+def _upstream_failure(exc: BaseException) -> UpstreamError:
+    """anyio's and the OS's failures in megagate's words (TimeoutError is an OSError: it is looked at first)."""
+    return UpstreamTimeout("upstream timed out") if isinstance(exc, TimeoutError) else connection_failure(exc)
+
+
 async def _mapped(awaitable: Any) -> Any:
-    """Translate anyio's and the OS's failures into megagate's upstream errors."""
+    """Await `awaitable` with its failures translated into megagate's upstream errors."""
     try:
         return await awaitable
-    except TimeoutError:
-        raise UpstreamTimeout("upstream timed out") from None
-    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError, ssl.SSLError) as exc:
-        raise connection_failure(exc) from None
+    except _STREAM_FAILURES as exc:
+        raise _upstream_failure(exc) from None
 
 
 def _encode_request(method: bytes, target: bytes, host: bytes, headers: Headers, body: bytes) -> bytes:
@@ -161,7 +171,7 @@ class FastTransport:
 
     async def _checkout_idle(self, origin: Origin) -> _Connection | None:
         idle = self._idle.get(origin)
-        now = anyio.current_time()
+        now = time.monotonic()
         while idle:
             connection = idle.pop()
             if now - connection.idle_since < IDLE_EXPIRY:
@@ -178,9 +188,9 @@ class FastTransport:
             try:
                 await _mapped(connection.send_request(request))
                 # Each read gets what is left of the first-byte budget (no cancel scope and timer per request).
-                deadline = anyio.current_time() + first_byte
+                deadline = time.monotonic() + first_byte
                 while not connection.headers_done:
-                    left = deadline - anyio.current_time()
+                    left = deadline - time.monotonic()
                     if left <= 0:
                         raise UpstreamTimeout("first-byte budget spent")
                     await _mapped(connection.receive(left))
@@ -226,7 +236,7 @@ class FastTransport:
                 reusable = connection.reusable()
             finally:
                 if reusable and not self._closed:
-                    connection.idle_since = anyio.current_time()
+                    connection.idle_since = time.monotonic()
                     self._idle.setdefault(origin, []).append(connection)
                 else:
                     await self._close(connection)

@@ -4,8 +4,10 @@ On trio (and any other anyio backend) they are anyio's own socket streams, each 
 On asyncio (and uvloop) they are a plain `asyncio.Protocol`: profiling 256 streams x 10 ms per chunk (issue 4)
 put about a third of the worker's samples in anyio's asyncio stream, which pauses and resumes reading around every
 receive (two epoll_ctl calls and selector bookkeeping per chunk), and in the cancel scope built for every receive.
-Here reading stays on (paused only past a high-water mark, for back-pressure) and a wait is timed by one loop
-timer. Failures surface as anyio's exception types so the transport maps them the same way on every loop.
+Here reading stays on (paused only past a high-water mark, for back-pressure) and a read is timed by a deadline
+that one lazy loop timer per connection checks: a stream's reads come every few milliseconds and each would
+otherwise schedule and cancel a timer of its own. Failures surface as anyio's exception types so the transport
+maps them the same way on every loop.
 """
 
 from __future__ import annotations
@@ -82,6 +84,45 @@ async def _wait(loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[None], t
         timer.cancel()
 
 
+class _ReadTimer:
+    """The read deadline of one connection, checked by one loop timer that is re-armed only when it fires early.
+
+    A read sets its deadline (`arm`); the timer stays scheduled across reads and, when it fires, fails the waiting
+    read if its deadline has passed, or sleeps on until it. Only a deadline earlier than the scheduled one (a
+    shorter timeout) reschedules it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.deadline = 0.0
+        self.waiter: asyncio.Future[None] | None = None
+        self.handle: asyncio.TimerHandle | None = None
+
+    def arm(self, waiter: asyncio.Future[None], timeout: float) -> None:
+        self.waiter = waiter
+        self.deadline = self.loop.time() + timeout
+        if self.handle is not None and self.handle.when() > self.deadline:
+            self.handle.cancel()
+            self.handle = None
+        if self.handle is None:
+            self.handle = self.loop.call_at(self.deadline, self._fire)
+
+    def _fire(self) -> None:
+        self.handle = None
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            return  # no read waiting: the next one arms the timer again
+        if self.loop.time() >= self.deadline:
+            waiter.set_exception(TimeoutError())
+        else:
+            self.handle = self.loop.call_at(self.deadline, self._fire)
+
+    def cancel(self) -> None:
+        self.waiter = None
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+
+
 class _StreamProtocol(asyncio.Protocol):
     """Buffers what arrives and wakes the one reader; `send` waits only while the transport asks to pause writing."""
 
@@ -96,6 +137,7 @@ class _StreamProtocol(asyncio.Protocol):
         self.reader: asyncio.Future[None] | None = None
         self.writer: asyncio.Future[None] | None = None
         self.writing_paused = False
+        self.read_timer = _ReadTimer(loop)
 
     # asyncio.Protocol callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -119,6 +161,7 @@ class _StreamProtocol(asyncio.Protocol):
         self.error = exc
         _wake(self.reader)
         _wake(self.writer)
+        self.read_timer.cancel()
 
     def pause_writing(self) -> None:
         self.writing_paused = True
@@ -130,11 +173,12 @@ class _StreamProtocol(asyncio.Protocol):
     # ByteStream
     async def receive(self, timeout: float) -> bytes:
         if not self.chunks and not self.eof:
-            self.reader = self.loop.create_future()
+            self.reader = reader = self.loop.create_future()
+            self.read_timer.arm(reader, timeout)
             try:
-                await _wait(self.loop, self.reader, timeout)
+                await reader
             finally:
-                self.reader = None
+                self.reader = self.read_timer.waiter = None
         if self.chunks:
             chunks, self.chunks, self.buffered = self.chunks, [], 0
             if self.reading_paused and self.transport is not None:
@@ -159,5 +203,6 @@ class _StreamProtocol(asyncio.Protocol):
                 raise anyio.BrokenResourceError from self.error
 
     async def aclose(self) -> None:
+        self.read_timer.cancel()
         if self.transport is not None:
             self.transport.close()

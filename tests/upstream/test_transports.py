@@ -167,6 +167,19 @@ async def test_slow_headers_hit_the_first_byte_timeout(server: tuple[RawServer, 
         await fetch(make(first_byte=0.2), origin)
 
 
+async def test_a_stalled_body_hits_the_read_timeout_on_a_reused_connection(
+    server: tuple[RawServer, Origin], make: Any
+) -> None:
+    """The fast transport's read timer is armed once per connection; a later, shorter deadline must still fire."""
+    raw, origin = server
+    raw.steps = [(OK, "keep"), (CHUNKED[:-5], "stall")]
+    transport = make(first_byte=20.0, read=0.3)
+    assert await fetch(transport, origin) == (200, BODY)  # its reads armed the timer for the long first-byte budget
+    with anyio.fail_after(5), pytest.raises(UpstreamTimeout):
+        await fetch(transport, origin)
+    assert raw.connections == 1
+
+
 async def test_unreachable_upstream_is_a_connect_error(make: Any) -> None:
     with pytest.raises(UpstreamConnectError):
         await fetch(make(connect=1.0), Origin("http", "127.0.0.1", free_port()))

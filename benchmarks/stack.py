@@ -1,0 +1,127 @@
+"""megagate's own CPU per request and per streamed event, in process: python -m benchmarks.stack [-n N]
+
+No server and no socket: the default stack over the in-memory transport (`upstream/mock.py`), so what is measured
+is megagate's middleware and relay work alone, and each feature's share of it: the same load is run with one layer
+left out at a time. Process CPU time, the best of several rounds with the variants interleaved (on this noisy VM,
+noise only adds). The hypercorn figures in `benchmarks.run` add the server and the sockets to these.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from typing import Any
+
+import anyio
+import msgspec
+
+from megagate.app import Gateway
+from megagate.config import config_from_mapping
+from megagate.upstream.mock import MockResponse, MockTransport, sse
+
+KEYS = [f"sk-stack-bench-{n:04d}" for n in range(4)]
+COMPLETION = msgspec.json.encode({
+    "id": "c1", "object": "chat.completion", "created": 1, "model": "bench",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+})  # fmt: skip
+CHUNK = b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"bench","choices":[{"index":0,"delta":{"content":"tok "}}]}\n\n'  # noqa: E501
+EVENTS = [CHUNK] * 100 + [
+    b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"bench","choices":[],'
+    b'"usage":{"prompt_tokens":3,"completion_tokens":100,"total_tokens":103}}\n\n',
+    b"data: [DONE]\n\n",
+]
+REQUEST = {"model": "bench", "messages": [{"role": "user", "content": "hi"}]}
+# Layers that can be left out and still leave a working gateway (DefaultsMiddleware prepares the request state
+# every other layer reads, so it stays).
+LAYERS = ["MetricsMiddleware", "AccessLogMiddleware", "ErrorsMiddleware", "AuthMiddleware", "ClientLimitsMiddleware",
+          "FallbackMiddleware", "RotationMiddleware"]  # fmt: skip
+
+
+class GatewayWithout(Gateway):
+    """The default gateway with some middlewares left out of its stack."""
+
+    def __init__(self, config: Any, *, without: set[str], **options: Any) -> None:
+        self.without = without
+        super().__init__(config, **options)
+
+    def _stack(self, clock: Any) -> list[tuple[Any, dict[str, Any]]]:
+        return [(cls, kwargs) for cls, kwargs in super()._stack(clock) if cls.__name__ not in self.without]
+
+
+def build(without: set[str]) -> Gateway:
+    def answer(request: Any) -> MockResponse:
+        return sse(*EVENTS) if b'"stream":true' in request.body else MockResponse(body=[COMPLETION])
+
+    upstream = {"name": "mock", "base_url": "http://mock.test", "keys": KEYS}
+    config = config_from_mapping({"upstreams": [upstream]}, environ={})
+    return GatewayWithout(config, without=without, transport=MockTransport(answer))
+
+
+async def one(app: Gateway, body: bytes) -> int:
+    """One request through `app`; the number of messages it sent."""
+    sent = 0
+    delivered = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal sent
+        sent += 1
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions", "query_string": b"",
+             "root_path": "", "headers": [(b"content-type", b"application/json"), (b"host", b"bench")],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2)}  # fmt: skip
+    await app(scope, receive, send)
+    return sent
+
+
+async def measure(app: Gateway, stream: bool, n: int) -> float:
+    """One round: CPU µs per request (plain) or per relayed event (stream)."""
+    body = msgspec.json.encode({**REQUEST, "stream": stream})
+    started = time.process_time()
+    events = 0
+    for _ in range(n):
+        events += await one(app, body) - 2  # a stream's events: all but the start and the final empty body
+    return (time.process_time() - started) / (events if stream else n) * 1e6
+
+
+async def main_async(n: int, rounds: int) -> None:
+    variants = [("default stack", set[str]())] + [(f"without {layer}", {layer}) for layer in LAYERS]
+    variants.append(("defaults only (+ router, proxy)", set(LAYERS)))
+    apps = [build(without) for _, without in variants]
+    best = [[float("inf"), float("inf")] for _ in variants]
+    for round_ in range(rounds):  # the variants interleaved, each figure the best of its rounds: noise only adds
+        for index, app in enumerate(apps):
+            best[index][0] = min(best[index][0], await measure(app, False, n))
+            best[index][1] = min(best[index][1], await measure(app, True, max(1, n // 20)))
+        print(f"round {round_ + 1}/{rounds}", flush=True)
+    (base_plain, base_stream) = best[0]
+    print("\n| stack | µs per plain request | its share | µs per streamed event | its share |\n|---|---|---|---|---|")
+    for index, ((name, _), (plain, streamed)) in enumerate(zip(variants, best, strict=True)):
+        shares = ("", "") if not index else (f"{1 - plain / base_plain:.0%}", f"{1 - streamed / base_stream:.0%}")
+        print(f"| {name} | {plain:.1f} | {shares[0]} | {streamed:.2f} | {shares[1]} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=500, help="plain requests per round (streams: n / 20)")
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+    logging.getLogger("megagate").setLevel(logging.WARNING)
+    access = logging.getLogger("megagate.access")  # as `megagate serve` sets it up, to /dev/null
+    access.handlers, access.propagate = [logging.StreamHandler(open(os.devnull, "w"))], False  # noqa: SIM115
+    anyio.run(main_async, args.n, args.rounds)
+
+
+if __name__ == "__main__":
+    main()
