@@ -102,6 +102,29 @@ def hypercorn(app: str, port: int, worker_class: str) -> list[str]:
             "-b", f"127.0.0.1:{port}", "--access-logfile", "", app]  # fmt: skip
 
 
+def aiohttp_floor(port: int) -> list[str] | None:
+    """The aiohttp passthrough's command line, or None without aiohttp (the column is then left out)."""
+    try:
+        import aiohttp  # noqa: F401 -- only whether it is installed
+    except ImportError:
+        return None
+    return [sys.executable, "-m", "benchmarks.floor_aiohttp", str(port)]
+
+
+def start_servers(
+    env: dict[str, str], worker_class: str = "asyncio", aiohttp: bool = True
+) -> tuple[dict[str, subprocess.Popen[bytes]], dict[str, int]]:
+    """The servers on core 0: the aiohttp floor (asyncio runs only, if installed), the hypercorn floor, megagate."""
+    servers, ports = {}, {}
+    command = aiohttp_floor(port := free_port()) if aiohttp and worker_class == "asyncio" else None
+    if command is not None:
+        servers["aiohttp"], ports["aiohttp"] = start(pinned(0, command), port, env), port
+    for name, app in (("floor", "benchmarks.floor:app"), ("megagate", "megagate.app:app")):
+        port = free_port()
+        servers[name], ports[name] = start(pinned(0, hypercorn(app, port, worker_class)), port, env), port
+    return servers, ports
+
+
 def bench_config(mock_port: int, transport: str) -> Path:
     config = Path(tempfile.mkdtemp()) / "bench.toml"
     config.write_text(
@@ -112,17 +135,14 @@ def bench_config(mock_port: int, transport: str) -> Path:
 
 
 def run(worker_class: str, steps: list[tuple[str, str, int, float, str]], transport: str = "fast") -> dict[str, Any]:
-    mock_port, floor_port, gate_port = free_port(), free_port(), free_port()
+    mock_port = free_port()
     config = bench_config(mock_port, transport)
     env = {**os.environ, "MOCK_PORT": str(mock_port), "MEGAGATE_CONFIG": str(config), "PYTHONPATH": str(ROOT),
            "BENCH_TRANSPORT": transport}  # fmt: skip
     processes = [start(pinned(1, [sys.executable, "-m", "benchmarks.mock_upstream", str(mock_port)]), mock_port, env)]
-    servers = {
-        "floor": start(pinned(0, hypercorn("benchmarks.floor:app", floor_port, worker_class)), floor_port, env),
-        "megagate": start(pinned(0, hypercorn("megagate.app:app", gate_port, worker_class)), gate_port, env),
-    }
+    servers, server_ports = start_servers(env, worker_class, aiohttp=transport == "fast")
     processes += servers.values()
-    ports = {"direct": mock_port, "floor": floor_port, "megagate": gate_port}
+    ports = {"direct": mock_port, **server_ports}
     results: dict[str, Any] = {"steps": {}, "rss_idle_mib": {}, "rss_peak_mib": {}}
     try:
         time.sleep(1.0)
@@ -159,42 +179,41 @@ def per(value: float, count: float, scale: float) -> str:
 
 
 def table(results: dict[str, Any]) -> str:
-    lines = ["| step | figure | direct | floor | megagate | megagate vs |", "|---|---|---|---|---|---|"]
-    for step, row in results["steps"].items():
-        d, f, m = row["direct"], row["floor"], row["megagate"]
-        if "streams" in step:
-            lines.append(
-                f"| {step} | chunks/s | {d['chunks_per_s']:.0f} | {f['chunks_per_s']:.0f} | "
-                f"{m['chunks_per_s']:.0f} | {m['chunks_per_s'] / max(d['chunks_per_s'], 1):.2f}x direct |"
-            )
-            lines.append(
-                f"| {step} | TTFB p50 / p99 ms | {d['ttfb_p50_ms']:.1f} / {d['ttfb_p99_ms']:.1f} | "
-                f"{f['ttfb_p50_ms']:.1f} / {f['ttfb_p99_ms']:.1f} | {m['ttfb_p50_ms']:.1f} / {m['ttfb_p99_ms']:.1f} | |"
-            )
-            cf, cm = per(f["cpu_s"], f["chunks"], 1e6), per(m["cpu_s"], m["chunks"], 1e6)
-            ratio = (m["cpu_s"] / m["chunks"]) / (f["cpu_s"] / f["chunks"]) if f["chunks"] and m["chunks"] else 0
-            lines.append(f"| {step} | CPU per chunk µs | | {cf} | {cm} | {ratio:.2f}x floor |")
+    """The Markdown table: one column per server (the aiohttp floor when it ran), megagate against the others."""
+    first = next(iter(results["steps"].values()))
+    columns = [c for c in ("direct", "aiohttp", "floor", "megagate") if c in first]
+    names = {"aiohttp": "aiohttp floor", "floor": "hypercorn floor"}
+    lines = [f"| step | figure | {' | '.join(names.get(c, c) for c in columns)} | megagate vs |",
+             "|---|---|" + "---|" * (len(columns) + 1)]  # fmt: skip
+
+    def row(step: str, figure: str, cells: list[str], verdict: str = "") -> None:
+        lines.append(f"| {step} | {figure} | {' | '.join(cells)} | {verdict} |")
+
+    for step, figures in results["steps"].items():
+        d, f, m = figures["direct"], figures["floor"], figures["megagate"]
+        stream = "streams" in step
+        count, unit, scale = ("chunks", "CPU per chunk µs", 1e6) if stream else ("requests", "CPU per request ms", 1e3)
+        rate = "chunks_per_s" if stream else "req_per_s"
+        row(step, rate.replace("_per_s", "/s"), [f"{figures[c][rate]:.0f}" for c in columns],
+            f"{m[rate] / max(d[rate], 1):.2f}x direct")  # fmt: skip
+        if stream:
+            cells = [f"{figures[c]['ttfb_p50_ms']:.1f} / {figures[c]['ttfb_p99_ms']:.1f}" for c in columns]
+            row(step, "TTFB p50 / p99 ms", cells, f"{m['ttfb_p50_ms'] / max(f['ttfb_p50_ms'], 1e-9):.2f}x floor p50")
         else:
-            lines.append(
-                f"| {step} | req/s | {d['req_per_s']:.0f} | {f['req_per_s']:.0f} | {m['req_per_s']:.0f} | "
-                f"{m['req_per_s'] / max(d['req_per_s'], 1):.2f}x direct |"
+            cells = [f"{figures[c]['p50_ms']:.2f} / {figures[c]['p99_ms']:.2f}" for c in columns]
+            row(
+                step,
+                "p50 / p99 ms",
+                cells,
+                f"+{m['p50_ms'] - d['p50_ms']:.2f} ms p50 (floor +{f['p50_ms'] - d['p50_ms']:.2f})",
             )
-            lines.append(
-                f"| {step} | p50 / p99 ms | {d['p50_ms']:.2f} / {d['p99_ms']:.2f} | {f['p50_ms']:.2f} / "
-                f"{f['p99_ms']:.2f} | {m['p50_ms']:.2f} / {m['p99_ms']:.2f} | +{m['p50_ms'] - d['p50_ms']:.2f} ms p50 |"
-            )
-            cf, cm = per(f["cpu_s"], f["requests"], 1e3), per(m["cpu_s"], m["requests"], 1e3)
-            ratio = (
-                (m["cpu_s"] / m["requests"]) / (f["cpu_s"] / f["requests"]) if f["requests"] and m["requests"] else 0
-            )
-            lines.append(f"| {step} | CPU per request ms | | {cf} | {cm} | {ratio:.2f}x floor |")
-        errors = sum(row[c]["errors"] + row[c]["incomplete"] for c in row)
-        failed = [c["errors"] + c["incomplete"] for c in (d, f, m)]
-        verdict = "ok" if errors == 0 else "FAIL"
-        lines.append(f"| {step} | errors + incomplete | {failed[0]} | {failed[1]} | {failed[2]} | {verdict} |")
+        cells = ["" if c == "direct" else per(figures[c]["cpu_s"], figures[c][count], scale) for c in columns]
+        ratio = (m["cpu_s"] / m[count]) / (f["cpu_s"] / f[count]) if f[count] and m[count] and f["cpu_s"] else 0
+        row(step, unit, cells, f"{ratio:.2f}x floor")
+        failed = [figures[c]["errors"] + figures[c]["incomplete"] for c in columns]
+        row(step, "errors + incomplete", [str(n) for n in failed], "ok" if not any(failed) else "FAIL")
     idle, peak = results["rss_idle_mib"], results["rss_peak_mib"]
-    lines.append(f"| all | RSS idle / peak MiB | | {idle['floor']:.0f} / {peak['floor']:.0f} | "
-                 f"{idle['megagate']:.0f} / {peak['megagate']:.0f} | |")  # fmt: skip
+    row("all", "RSS idle / peak MiB", ["" if c == "direct" else f"{idle[c]:.0f} / {peak[c]:.0f}" for c in columns])
     return "\n".join(lines)
 
 

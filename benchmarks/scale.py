@@ -1,10 +1,11 @@
 """How many concurrent streams one core carries, and what each costs: python -m benchmarks.scale (or run --scale).
 
 C = 256, 1,000 and 2,000 concurrent streams of 100 chunks at 100 ms per chunk (10 s each, as a slow LLM answer),
-against the upstream directly, the hypercorn floor (a bare ASGI passthrough under the same hypercorn) and megagate
-(full default stack), in one run. Servers on core 0, the mock and the load generator on core 1. Figures: chunks/s
-as a share of direct, TTFB p50/p99 added over direct, CPU per chunk, RSS per open stream (RSS mid-run minus idle,
-over C). Prints progress, writes benchmarks/results-scale.json and the chart benchmarks/scale.png.
+against the upstream directly, the aiohttp floor (the same passthrough on aiohttp's own server), the hypercorn
+floor (a bare ASGI passthrough under the same hypercorn) and megagate (full default stack), in one run. Servers
+on core 0, the mock and the load generator on core 1. Figures: chunks/s as a share of direct, TTFB p50/p99 added
+over direct, CPU per chunk, RSS per open stream (RSS mid-run minus idle, over C). Prints progress, writes
+benchmarks/results-scale.json and the chart benchmarks/scale.png.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ import sys
 import time
 from typing import Any
 
-from benchmarks.run import HERE, ROOT, bench_config, cpu_seconds, hypercorn, pinned, rss_mib, start
+from benchmarks.run import HERE, ROOT, bench_config, cpu_seconds, pinned, rss_mib, start, start_servers
 from megagate.serve import free_port
 
 LEVELS = (256, 1000, 2000)
+COLUMNS = ("aiohttp", "floor", "megagate")  # the aiohttp floor only where aiohttp is installed
+NAMES = {"aiohttp": "aiohttp floor", "floor": "hypercorn floor"}
 MODEL = "bench-100ms"
 
 
@@ -45,16 +48,13 @@ def _load(port: int, concurrency: int, server_pid: int | None) -> dict[str, Any]
 
 def run(levels: tuple[int, ...] = LEVELS) -> dict[str, Any]:
     _raise_fd_limit()
-    mock_port, floor_port, gate_port = free_port(), free_port(), free_port()
+    mock_port = free_port()
     env = {**os.environ, "MOCK_PORT": str(mock_port), "MEGAGATE_CONFIG": str(bench_config(mock_port, "fast")),
            "PYTHONPATH": str(ROOT), "BENCH_TRANSPORT": "fast"}  # fmt: skip
     processes = [start(pinned(1, [sys.executable, "-m", "benchmarks.mock_upstream", str(mock_port)]), mock_port, env)]
-    servers = {
-        "floor": start(pinned(0, hypercorn("benchmarks.floor:app", floor_port, "asyncio")), floor_port, env),
-        "megagate": start(pinned(0, hypercorn("megagate.app:app", gate_port, "asyncio")), gate_port, env),
-    }
+    servers, server_ports = start_servers(env)
     processes += servers.values()
-    ports = {"direct": mock_port, "floor": floor_port, "megagate": gate_port}
+    ports = {"direct": mock_port, **server_ports}
     results: dict[str, Any] = {"levels": {}, "idle_mib": {}}
     try:
         time.sleep(1.0)
@@ -85,7 +85,7 @@ def table(results: dict[str, Any]) -> str:
     lines = [head, "|---|---|---|---|---|---|---|"]
     for level, row in results["levels"].items():
         direct = row["direct"]
-        for column in ("floor", "megagate"):
+        for column in [c for c in COLUMNS if c in row]:
             f = row[column]
             share = f["chunks_per_s"] / direct["chunks_per_s"] if direct["chunks_per_s"] else 0
             added = (f["ttfb_p50_ms"] - direct["ttfb_p50_ms"], f["ttfb_p99_ms"] - direct["ttfb_p99_ms"])
@@ -105,12 +105,12 @@ def chart(results: dict[str, Any]) -> None:
 
     levels = [int(level) for level in results["levels"]]
     figure, (share_axis, cpu_axis) = plt.subplots(1, 2, figsize=(9, 3.5))
-    for column in ("floor", "megagate"):
-        rows = [results["levels"][str(level)] for level in levels]
+    rows = [results["levels"][str(level)] for level in levels]
+    for column in [c for c in COLUMNS if c in rows[0]]:
         share = [r[column]["chunks_per_s"] / r["direct"]["chunks_per_s"] for r in rows]
         cpu = [r[column]["cpu_s"] / max(1.0, r[column]["chunks"]) * 1e6 for r in rows]
-        share_axis.plot(levels, share, marker="o", label=column)
-        cpu_axis.plot(levels, cpu, marker="o", label=column)
+        share_axis.plot(levels, share, marker="o", label=NAMES.get(column, column))
+        cpu_axis.plot(levels, cpu, marker="o", label=NAMES.get(column, column))
     share_axis.set(title="chunks/s, x direct", xlabel="concurrent streams (100 x 100 ms)", ylim=(0, 1.1))
     cpu_axis.set(title="CPU per chunk (µs)", xlabel="concurrent streams (100 x 100 ms)")
     share_axis.legend()
