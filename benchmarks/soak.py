@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,6 +24,7 @@ import anyio
 import httpx
 
 from benchmarks.run import HERE, ROOT, pinned, rss_mib, start
+from benchmarks.soak_load import HUNG_AFTER
 from megagate.serve import free_port
 
 ADMIN = "soak-admin-token"
@@ -31,7 +32,6 @@ KEYS = [f"sk-soak-key-{i:04d}" for i in range(4)]
 # model -> what the fake does with it (rules posted at start); the rest answer normally
 FAULTS = {"soak-drop": {"drop_after": 5}, "soak-limited": {"status": 429, "retry_after": 1},
           "soak-broken": {"status": 500}}  # fmt: skip
-MODELS = ["soak"] * 7 + list(FAULTS)
 
 
 def fds(pid: int) -> int:
@@ -44,40 +44,6 @@ def _tree(pid: int) -> list[int]:
         for child in (task / "children").read_text().split():
             found += _tree(int(child))
     return found
-
-
-async def client(http: httpx.AsyncClient, deadline: float, tally: dict[str, int]) -> None:
-    rng = random.Random()
-    while time.monotonic() < deadline:
-        model = rng.choice(MODELS)
-        stream = rng.random() < 0.85
-        leave_early = stream and rng.random() < 0.1
-        body = {"model": model, "messages": [{"role": "user", "content": "soak"}], "stream": stream}
-        try:
-            with anyio.fail_after(30):  # a hung request is a failure of the soak
-                async with http.stream("POST", "/v1/chat/completions", json=body) as response:
-                    data = b""
-                    async for chunk in response.aiter_bytes():
-                        data += chunk
-                        if leave_early and data.count(b"data: ") >= 3:
-                            break
-        except TimeoutError:
-            tally["hung"] += 1
-            tally[f"hung {model}{' stream' if stream else ''}"] = tally.get(f"hung {model}", 0) + 1
-            continue
-        except httpx.HTTPError:
-            tally["transport_errors"] += 1
-            continue
-        if leave_early:
-            tally["left"] += 1
-        elif response.status_code != 200:
-            tally["error_answers"] += 1
-        elif stream and not data.endswith(b"data: [DONE]\n\n"):
-            tally["cut_streams"] += 1  # a stream that ended with neither [DONE] nor our error event and [DONE]
-        elif stream and b'"error"' in data:
-            tally["failed_streams_told"] += 1
-        else:
-            tally["ok"] += 1
 
 
 async def sample(http: httpx.AsyncClient, pid: int) -> dict[str, Any]:
@@ -100,33 +66,37 @@ async def soak(minutes: float, streams: int) -> dict[str, Any]:
                             "--length", "40"]), fake_port, env)  # fmt: skip
     gateway = start(pinned(0, [sys.executable, "-m", "hypercorn", "-c", str(ROOT / "hypercorn.toml"), "-b",
                                f"127.0.0.1:{gate_port}", "megagate.app:app"]), gate_port, env)  # fmt: skip
-    tally = dict.fromkeys(["ok", "left", "error_answers", "failed_streams_told", "cut_streams", "hung",
-                           "transport_errors"], 0)  # fmt: skip
     samples: list[dict[str, Any]] = []
+    tally_file = Path(tempfile.mkdtemp()) / "tally.json"
+    load: subprocess.Popen[str] | None = None
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{fake_port}") as control:
             for model, fault in FAULTS.items():
                 await control.post("/_fake/rules", json={"fault": fault, "model": model})
-        limits = httpx.Limits(max_connections=streams + 10, max_keepalive_connections=streams + 10)
-        base_url = f"http://127.0.0.1:{gate_port}"
-        async with httpx.AsyncClient(base_url=base_url, timeout=60, limits=limits) as http, \
-                httpx.AsyncClient(base_url=base_url, timeout=60) as probe:  # fmt: skip
-            # (the sampler has its own connections: never queued behind the load's)
-            deadline = time.monotonic() + minutes * 60
-            async with anyio.create_task_group() as group:
-                for _ in range(streams):
-                    group.start_soon(client, http, deadline, tally)
-                while time.monotonic() < deadline:
-                    samples.append(await sample(probe, gateway.pid))
-                    print(f"[soak] {samples[-1]['rss_mib']:.1f} MiB, {samples[-1]['fds']} fds, lag "
-                          f"{samples[-1]['lag_ms']:.1f} ms, {tally}", flush=True)  # fmt: skip
-                    await anyio.sleep(min(30.0, max(0.0, deadline - time.monotonic())))
+        # The load runs in its own process on raw asyncio protocols (`soak_load.py`): an httpx client with 200
+        # streams on the core it shares with the fake counted its own pool's queueing as hung requests.
+        load = _start_load(gate_port, streams, minutes * 60, tally_file)
+        deadline = time.monotonic() + minutes * 60
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gate_port}", timeout=60) as probe:
+            while time.monotonic() < deadline:
+                samples.append(await sample(probe, gateway.pid))
+                tally = json.loads(tally_file.read_text()) if tally_file.exists() else {}
+                print(f"[soak] {samples[-1]['rss_mib']:.1f} MiB, {samples[-1]['fds']} fds, lag "
+                      f"{samples[-1]['lag_ms']:.1f} ms, {tally}", flush=True)  # fmt: skip
+                await anyio.sleep(min(30.0, max(0.0, deadline - time.monotonic())))
+            out, _ = await anyio.to_thread.run_sync(lambda: load.communicate(timeout=HUNG_AFTER + 30))
             await anyio.sleep(2.0)  # let the last releases land
             samples.append(await sample(probe, gateway.pid))
     finally:
-        gateway.terminate()
-        fake.terminate()
-    return verdict(samples, tally, minutes)
+        for process in (load, gateway, fake):
+            if process is not None and process.poll() is None:
+                process.terminate()
+    return verdict(samples, json.loads(out), minutes)
+
+
+def _start_load(port: int, clients: int, seconds: float, tally_file: Path) -> subprocess.Popen[str]:
+    args = [sys.executable, "-m", "benchmarks.soak_load", str(port), str(clients), str(seconds), str(tally_file)]
+    return subprocess.Popen(pinned(1, args), cwd=ROOT, stdout=subprocess.PIPE, text=True)
 
 
 def verdict(samples: list[dict[str, Any]], tally: dict[str, int], minutes: float) -> dict[str, Any]:

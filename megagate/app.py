@@ -127,7 +127,7 @@ class Gateway:
         self.loader = loader  # where a reload reads the configuration again (None: it cannot)
         self.clock = clock
         self.transport = transport or build_transport(config)
-        self.redis: Any = None  # the shared store's client (coredis), entered by `running()`
+        self.redis: Any = None  # the shared store's client (`megagate.resp`), entered by `running()`
         self.client_windows: Any = None  # per-client windows in the shared store (None: in this process)
         self.metrics = Metrics(model_cap=config.metrics_model_cap, multiprocess=prometheus_multiprocess())
         if config.access_log:
@@ -240,22 +240,18 @@ class Gateway:
         upstreams = [u for u in config.upstreams if u.keys]
         if settings.store == "memory":
             return {u.name: LocalKeyPool(u.name, u.key_configs, config.rotation, clock=clock) for u in upstreams}
-        try:
-            import coredis  # an optional dependency: only the Redis store needs it
-        except ImportError:
-            raise ConfigError("pool.store: \"redis\" needs coredis (pip install 'megagate[redis]')") from None
-
         from megagate.redis_pool import RedisClientWindows, RedisKeyPool
+        from megagate.resp import RedisClient
 
         timeout = min(config.timeouts.pool, 2.0)
         assert settings.redis_url is not None  # config validation requires it with store = "redis"
         if self.redis is None:  # opened once; a reload keeps it (a different store needs a restart)
-            self.redis = coredis.Redis.from_url(settings.redis_url, stream_timeout=timeout, connect_timeout=timeout)
-        self.client_windows = RedisClientWindows(self.redis, prefix=settings.prefix, timeout=timeout)
+            self.redis = RedisClient.from_url(settings.redis_url, timeout=timeout)
+        self.client_windows = RedisClientWindows(self.redis, prefix=settings.prefix)
         return {
             u.name: RedisKeyPool(u.name, u.key_configs, config.rotation, client=self.redis, prefix=settings.prefix,
                                  lease_ttl=settings.lease_ttl, on_redis_error=settings.on_redis_error,
-                                 workers=settings.workers, timeout=timeout, clock=clock)
+                                 workers=settings.workers, clock=clock)
             for u in upstreams
         }  # fmt: skip
 

@@ -202,6 +202,8 @@ class Config(_Config, frozen=True):
                 raise ConfigError(f"clients[{index}].key_sha256: must be 64 hex digits (megagate hash-key prints it)")
         if self.pool.store == "redis" and not self.pool.redis_url:
             raise ConfigError('pool.redis_url: required with store = "redis" (or set MEGAGATE_REDIS_URL)')
+        if self.pool.redis_url and not self.pool.redis_url.startswith(("redis://", "rediss://")):
+            raise ConfigError("pool.redis_url: must be redis://[user:password@]host[:port][/db] or rediss://...")
         if len({c.digest for c in self.clients}) != len(self.clients):
             raise ConfigError("clients: two clients share a key")
         for index, upstream in enumerate(self.upstreams):

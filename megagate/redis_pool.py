@@ -26,8 +26,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import anyio
-import coredis
-import coredis.exceptions
 
 from megagate.config import KeyConfig, Rotation
 from megagate.core.errors import MegagateError, NoKeyAvailable, NoUsableKey
@@ -35,11 +33,12 @@ from megagate.core.outcome import Outcome
 from megagate.core.scheduler import KeyLimits
 from megagate.core.secrets import key_id, mask_key
 from megagate.pool import RETRY_AFTER_UNKNOWN, KeyLease, KeyReport, LocalKeyPool
+from megagate.resp import RedisClient, RedisError
 
 logger = logging.getLogger("megagate.pool")
 POLL = 0.05  # seconds between tries while waiting on keys other processes hold (no pub/sub round trip per release)
 RETRY_REDIS_AFTER = 1.0  # after a failure, the local fallback serves this long before Redis is asked again
-REDIS_ERRORS = (coredis.exceptions.RedisError, OSError, TimeoutError)
+REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 
 # Shared by the scripts: a 60 s window (sorted set of entry ids by time + hash of their tokens), as core.window.
 _PRUNE = """
@@ -277,12 +276,11 @@ class RedisKeyPool:
         keys: Sequence[KeyConfig],
         rotation: Rotation | None = None,
         *,
-        client: coredis.Redis[bytes],
+        client: RedisClient,
         prefix: str = "megagate",
         lease_ttl: float = 60.0,
         on_redis_error: Literal["fail", "local"] = "fail",
         workers: int = 1,
-        timeout: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.rotation = rotation or Rotation()
@@ -290,7 +288,6 @@ class RedisKeyPool:
         self.client = client
         self.lease_ttl = lease_ttl
         self.on_redis_error = on_redis_error
-        self.timeout = timeout
         self._clock = clock
         self._keys = [k.key for k in keys]
         self._ids = [key_id(k) for k in self._keys]
@@ -443,10 +440,9 @@ class RedisKeyPool:
         return KeyLease(self._keys[index], self._ids[index], mask_key(self._keys[index]), handle)
 
     async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
-        """One script call, bounded; Redis' and the network's failures become PoolUnavailable here."""
+        """One script call (the client bounds it); Redis' and the network's failures become PoolUnavailable here."""
         try:
-            with anyio.fail_after(self.timeout):
-                result = await script(keys=keys, args=args)
+            result = await script(keys=keys, args=args)
         except REDIS_ERRORS as exc:
             self._redis_down_until = self._clock() + RETRY_REDIS_AFTER
             logger.warning("key pool: Redis unavailable (%s: %s)", type(exc).__name__, exc)
@@ -481,10 +477,9 @@ class RedisClientWindows:
     ClientWindows of ClientLimitsMiddleware). When Redis does not answer, the client is admitted: its own limits
     are megagate's courtesy, the keys' limits still hold."""
 
-    def __init__(self, client: coredis.Redis[bytes], *, prefix: str = "megagate", timeout: float = 1.0) -> None:
+    def __init__(self, client: RedisClient, *, prefix: str = "megagate") -> None:
         self.client = client
         self.prefix = prefix
-        self.timeout = timeout
         self._admit = client.register_script(CLIENT_ADMIT)
         self._settle = client.register_script(CLIENT_SETTLE)
 
@@ -496,8 +491,7 @@ class RedisClientWindows:
         """An entry id to settle later, or the seconds to wait before the client may send this request."""
         entry = secrets.token_hex(8)
         try:
-            with anyio.fail_after(self.timeout):
-                answer: Any = await self._admit(keys=self._keys(name), args=[tokens, rpm or 0, tpm or 0, entry])
+            answer: Any = await self._admit(keys=self._keys(name), args=[tokens, rpm or 0, tpm or 0, entry])
         except REDIS_ERRORS as exc:
             logger.warning("client limits: Redis unavailable (%s); admitting %s", type(exc).__name__, name)
             return ""
@@ -507,7 +501,6 @@ class RedisClientWindows:
         if not entry:
             return
         try:
-            with anyio.fail_after(self.timeout):
-                await self._settle(keys=self._keys(name)[:2], args=[entry, tokens_used])
+            await self._settle(keys=self._keys(name)[:2], args=[entry, tokens_used])
         except REDIS_ERRORS:
             return  # the estimate stays; it leaves the window within a minute

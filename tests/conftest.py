@@ -148,7 +148,8 @@ class RedisServer:
     """A real redis-server (Debian's package) on a free port, no persistence; stop() and start() again keep the
     port, as a restarted Redis would (with no state and no cached scripts)."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, *extra: str) -> None:
+        self.extra = list(extra)  # more redis-server options, e.g. --requirepass
         self.port = free_port()
         self.log = tmp / f"redis-{self.port}.log"
         self.popen: subprocess.Popen[bytes] | None = None
@@ -160,7 +161,7 @@ class RedisServer:
 
     def start(self) -> None:
         args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                "--logfile", str(self.log)]  # fmt: skip
+                "--logfile", str(self.log), *self.extra]  # fmt: skip
         self.popen = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_port(self.port, self.popen)
 

@@ -15,7 +15,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
-import coredis
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -25,6 +24,7 @@ from megagate.core.errors import NoKeyAvailable, NoUsableKey
 from megagate.core.outcome import Outcome
 from megagate.pool import KeyPool, LocalKeyPool
 from megagate.redis_pool import RETRY_REDIS_AFTER, PoolUnavailable, RedisKeyPool
+from megagate.resp import RedisClient
 from tests.conftest import RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -52,7 +52,7 @@ def make_pool(request: pytest.FixtureRequest, redis_server: RedisServer) -> Make
         if request.param == "memory":
             yield LocalKeyPool("up", keys, Rotation(**rotation))
             return
-        async with coredis.Redis.from_url(redis_server.url, stream_timeout=1, connect_timeout=1) as client:
+        async with RedisClient.from_url(redis_server.url, timeout=1) as client:
             yield RedisKeyPool("up", keys, Rotation(**rotation), client=client, prefix=secrets.token_hex(4))
 
     return make
@@ -163,9 +163,9 @@ async def test_redis_restarted_serves_again_with_its_scripts_reloaded(tmp_path: 
     is a prompt 503, never a hang."""
     server = RedisServer(tmp_path)
     try:
-        async with coredis.Redis.from_url(server.url, stream_timeout=0.5, connect_timeout=0.5) as client:
+        async with RedisClient.from_url(server.url, timeout=0.5) as client:
             clock = ManualClock()
-            pool = RedisKeyPool("up", [KeyConfig(key=KEY_A)], client=client, timeout=0.5, clock=clock)
+            pool = RedisKeyPool("up", [KeyConfig(key=KEY_A)], client=client, clock=clock)
             await pool.release(await pool.acquire(1), Outcome.SUCCESS)
             server.stop()
             with anyio.fail_after(3):
@@ -184,10 +184,10 @@ async def test_redis_restarted_serves_again_with_its_scripts_reloaded(tmp_path: 
 async def test_redis_down_with_local_fallback_keeps_serving(tmp_path: Any) -> None:
     server = RedisServer(tmp_path)
     try:
-        async with coredis.Redis.from_url(server.url, stream_timeout=0.5, connect_timeout=0.5) as client:
+        async with RedisClient.from_url(server.url, timeout=0.5) as client:
             keys = [KeyConfig(key=KEY_A, rpm=10)]
             clock = ManualClock()
-            pool = RedisKeyPool("up", keys, client=client, timeout=0.5, on_redis_error="local", workers=2, clock=clock)
+            pool = RedisKeyPool("up", keys, client=client, on_redis_error="local", workers=2, clock=clock)
             server.stop()
             with anyio.fail_after(3):
                 leases = [await pool.acquire(1) for _ in range(5)]  # rpm 10 over 2 workers: 5 here
