@@ -17,7 +17,6 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from functools import partial
 from typing import Any
 
 import anyio
@@ -42,7 +41,7 @@ from megagate.pool import KeyPool, LocalKeyPool
 from megagate.prometheus import Metrics, MetricsEndpoint
 from megagate.proxy import UpstreamProxy
 from megagate.reload import ReloadEndpoint, changes, restart_needed
-from megagate.routing import ENDPOINTS, choose
+from megagate.routing import ENDPOINTS, Routes
 from megagate.state import route_format
 from megagate.status_page import StatusPage
 from megagate.upstream import Transport
@@ -213,7 +212,7 @@ class Gateway:
             "body_timeout": config.body_timeout,
         }
         hedging = config.hedging
-        rotation = {"pools": self.pools, "route": partial(choose, config), "rotation": config.rotation, "clock": clock}
+        rotation = {"pools": self.pools, "route": Routes(config), "rotation": config.rotation, "clock": clock}
         client_limits = {"clock": clock, "default_max_tokens": config.rotation.default_max_tokens,
                          "shared": self.client_windows}  # fmt: skip
         tracing: list[tuple[Any, dict[str, Any]]] = []

@@ -1,17 +1,25 @@
-"""`CancelOnDisconnect`: run a piece of work that is cancelled the moment the client disconnects.
+"""`CancelOnDisconnect`: run a piece of work that is cancelled the moment the client disconnects, or at a deadline.
 
 ASGI servers (hypercorn among them) do not cancel an app when its client leaves; they only deliver
 `http.disconnect` to `receive`. So something must wait on `receive` while the work runs, or an abandoned request
-keeps its upstream call and its key slot until the upstream finishes.
+keeps its upstream call and its key slot until the upstream finishes. The same watch carries the work's deadline
+(the proxy's first-byte timeout), so one request needs one of these and nothing else.
 
-On asyncio the watcher is a bare `loop.create_task`: an anyio task group per request (enter, spawn, cancel, exit)
-measured about a third of megagate's own CPU per plain request (issue 4's profile). On trio it is a nursery, as
-structured concurrency wants. Either way the work runs in an anyio cancel scope the watcher cancels.
+On trio (and any other anyio backend) the watcher is a nursery task and the work runs in an anyio cancel scope.
+On asyncio both were measured too dear for every request: an anyio task group per request cost about a third of
+megagate's own CPU per plain request (issue 4), and the anyio cancel scope with its deadline, entered and left,
+about 6 % of the worker's CPU per plain request (issue 17's profile: `current_task` and backend lookups in
+`CancelScope.__new__/__enter__/__exit__`). There the watcher is a bare `loop.create_task` and a disconnect or the
+deadline cancels the request's own task once (`Task.cancel`); leaving the block takes that request back
+(`Task.uncancel`) and swallows the CancelledError only if nobody else cancelled the task too, the same rule anyio's
+scopes follow for native cancellations. Both can only land at a suspension point inside the block: nothing between
+entering and leaving it suspends outside the work.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from types import TracebackType
 
 import anyio
@@ -22,11 +30,20 @@ from megagate.asgi import Receive
 
 
 class CancelOnDisconnect:
+    """`async with CancelOnDisconnect(receive) as watch:` the block is cancelled when the client disconnects
+    (`watch.disconnected`) or, after `watch.expire_after(seconds)`, when that time is up (`watch.expired`);
+    `watch.no_expiry()` lifts the deadline. Either cancellation ends at the block: the code after it carries on."""
+
     def __init__(self, receive: Receive) -> None:
         self.receive = receive
-        self.scope = anyio.CancelScope()  # the work's scope; its owner may also give it a deadline
-        self.disconnected = False  # the client left (else a cancellation of the scope was its deadline)
-        self._task: asyncio.Task[None] | None = None
+        self.disconnected = False  # the client left
+        self.expired = False  # the deadline ended the work
+        self._task: asyncio.Task[object] | None = None  # asyncio: the request's own task, cancelled at most once
+        self._watcher: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._cancelled = False
+        self._cancelling_at_enter = 0
+        self._scope: anyio.CancelScope | None = None  # other backends: the work's scope and the watcher's nursery
         self._group: anyio.abc.TaskGroup | None = None
 
     async def _watch(self) -> None:
@@ -36,24 +53,63 @@ class CancelOnDisconnect:
         except Exception:  # noqa: BLE001 -- a server that breaks receive: nothing left to watch
             return
         self.disconnected = True
-        self.scope.cancel()
+        self._cancel()
 
-    async def __aenter__(self) -> anyio.CancelScope:
-        if sniffio.current_async_library() == "asyncio":
-            self._task = asyncio.get_running_loop().create_task(self._watch())
+    def _cancel(self) -> None:
+        if self._scope is not None:
+            self._scope.cancel()
+        elif self._task is not None and not self._cancelled:
+            self._cancelled = True
+            self._task.cancel()
+
+    def _expire(self) -> None:
+        self._timer = None
+        self.expired = True
+        self._cancel()
+
+    def expire_after(self, seconds: float) -> None:
+        if self._scope is not None:
+            self._scope.deadline = anyio.current_time() + seconds
         else:
+            self.no_expiry()
+            self._timer = asyncio.get_running_loop().call_later(seconds, self._expire)
+
+    def no_expiry(self) -> None:
+        if self._scope is not None:
+            self._scope.deadline = math.inf
+        elif self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    async def __aenter__(self) -> CancelOnDisconnect:
+        if sniffio.current_async_library() == "asyncio":
+            self._task = asyncio.current_task()
+            assert self._task is not None
+            self._cancelling_at_enter = self._task.cancelling()
+            self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        else:
+            self._scope = anyio.CancelScope()
             self._group = anyio.create_task_group()
             await self._group.__aenter__()
             self._group.start_soon(self._watch)
-        return self.scope.__enter__()
+            self._scope.__enter__()
+        return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool:
-        suppressed = bool(self.scope.__exit__(exc_type, exc, tb))  # swallows only its own (disconnect) cancellation
-        if self._task is not None:
-            self._task.cancel()
-        elif self._group is not None:
+        if self._scope is not None:
+            suppressed = bool(self._scope.__exit__(exc_type, exc, tb))  # swallows only its own cancellation
+            self.expired = self._scope.cancelled_caught and not self.disconnected
+            assert self._group is not None
             self._group.cancel_scope.cancel()
             await self._group.__aexit__(None, None, None)  # the work's error, if any, propagates unwrapped
-        return suppressed
+            return suppressed
+        assert self._watcher is not None and self._task is not None
+        self._watcher.cancel()
+        self.no_expiry()
+        if not self._cancelled:
+            return False
+        self._task.uncancel()
+        # ours alone: swallowed; if someone else cancelled the task as well, theirs goes on
+        return isinstance(exc, asyncio.CancelledError) and self._task.cancelling() <= self._cancelling_at_enter

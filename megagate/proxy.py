@@ -9,12 +9,10 @@ silently and never with a hang.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import anyio
 import msgspec
 
 from megagate.asgi import Receive, Scope, Send, header, send_json
@@ -120,24 +118,23 @@ class UpstreamProxy:
         headers = self._headers(scope, key, target.format, state.format)
         headers.append((b"content-length", str(len(plan.body)).encode()))
         secrets = (key,) if key else ()
-        # The client leaving cancels the upstream call at once, not at the next send. The same scope carries the
+        # The client leaving cancels the upstream call at once, not at the next send. The same watch carries the
         # first-byte timeout until the first event is relayed (the transport's own bounds only the headers): a
         # stream whose headers come at once but whose first event never does is a timeout. A plain answer needs no
-        # deadline: the transport bounds the wait for its headers. One scope, not two: each costs microseconds.
+        # deadline: the transport bounds the wait for its headers. One watch, not two scopes: each costs.
         first_byte = self.config.timeouts.first_byte
-        watcher = CancelOnDisconnect(receive)
-        async with watcher as waiting:
+        async with CancelOnDisconnect(receive) as watch:
             if state.request.stream:
-                waiting.deadline = anyio.current_time() + first_byte
-            await self._exchange(state, plan, waiting, origin, base_path + plan.path, headers, secrets, send)
-        if waiting.cancelled_caught and not watcher.disconnected:
+                watch.expire_after(first_byte)
+            await self._exchange(state, plan, watch, origin, base_path + plan.path, headers, secrets, send)
+        if watch.expired and not watch.disconnected:
             raise UpstreamTimeout(f"upstream sent no first event within the first-byte timeout ({first_byte:g} s)")
 
     async def _exchange(
         self,
         state: RequestState,
         plan: Plan,
-        waiting: anyio.CancelScope,
+        watch: CancelOnDisconnect,
         origin: Origin,
         target: bytes,
         headers: Headers,
@@ -155,7 +152,7 @@ class UpstreamProxy:
                     return upstream_error(502, data, None, secrets)
 
                 def on_start() -> None:  # the first event is out: the first-byte timeout is over, nothing retries
-                    waiting.deadline = math.inf
+                    watch.no_expiry()
                     state.response_started = True
 
                 def on_failure(error: UpstreamError) -> None:
@@ -168,7 +165,7 @@ class UpstreamProxy:
                 finally:
                     state.usage = relay.usage
                 return
-            waiting.deadline = math.inf
+            watch.no_expiry()
             payload = await response.read(MAX_PLAIN_BODY)
             state.usage = usage_of(payload, plan.upstream)
             payload = translate_plain(payload, plan)

@@ -87,6 +87,27 @@ def choose(config: Config, model: str, endpoint: Endpoint) -> Target | None:
     return None
 
 
+class Routes:
+    """`choose` over one configuration, remembered per (model, endpoint): matching every upstream's model patterns
+    on every attempt cost a few percent of a plain request. Model names come from clients, so the memory is
+    bounded (cleared when full). A reload builds a new one with its new configuration."""
+
+    LIMIT = 4096
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._known: dict[tuple[str, Endpoint], Target | None] = {}
+
+    def __call__(self, model: str, endpoint: Endpoint) -> Target | None:
+        key = (model, endpoint)
+        if key in self._known:
+            return self._known[key]
+        if len(self._known) >= self.LIMIT:
+            self._known.clear()
+        target = self._known[key] = choose(self.config, model, endpoint)
+        return target
+
+
 def auth_headers(fmt: Format, key: str | None, *, version: bytes | None = None) -> list[tuple[bytes, bytes]]:
     """How a pool key is presented to an upstream of format `fmt` (the only writer of upstream credentials):
     `x-api-key` plus `anthropic-version` (the client's own, else ours) to Anthropic's format, a Bearer token to

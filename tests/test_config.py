@@ -9,7 +9,7 @@ import pytest
 
 from megagate.config import config_from_mapping, load_config
 from megagate.core.errors import ConfigError
-from megagate.routing import ENDPOINTS, choose
+from megagate.routing import ENDPOINTS, Routes, choose
 
 
 def test_simple_mode_reads_keys_base_url_and_default_model() -> None:
@@ -57,6 +57,11 @@ keys = ["env:MY_KEY", {key = "literal", tier = "pro"}]
     assert choose(config, "llama3.3-70b-instruct", chat).upstream.name == "local"  # type: ignore[union-attr]
     assert choose(config, "gpt-4", chat).upstream.name == "megallm"  # type: ignore[union-attr]
     assert [k.key for k in config.upstreams[1].key_configs] == ["from-env", "literal"]
+    routes = Routes(config)  # the remembered choice: the same answers, in bounded memory
+    for model in ["llama3.3-70b-instruct", "gpt-4", "llama3.3-70b-instruct"] + [f"m{n}" for n in range(Routes.LIMIT)]:
+        for endpoint in ENDPOINTS.values():
+            assert routes(model, endpoint) == choose(config, model, endpoint)
+    assert len(routes._known) <= Routes.LIMIT
 
 
 @pytest.mark.parametrize(

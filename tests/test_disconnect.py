@@ -1,0 +1,63 @@
+"""CancelOnDisconnect on both loops: a disconnect or the deadline ends the block only; other cancellations go on."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from megagate.disconnect import CancelOnDisconnect
+
+pytestmark = pytest.mark.anyio
+
+
+async def leaves_at_once() -> dict[str, Any]:
+    return {"type": "http.disconnect"}
+
+
+async def stays() -> dict[str, Any]:
+    await anyio.sleep_forever()
+    raise AssertionError("unreachable")
+
+
+async def test_a_disconnect_ends_the_block_and_the_task_carries_on() -> None:
+    async with CancelOnDisconnect(leaves_at_once) as watch:
+        await anyio.sleep(5)
+        raise AssertionError("not cancelled")
+    assert watch.disconnected and not watch.expired
+    with anyio.fail_after(1):
+        await anyio.sleep(0.01)  # no cancellation left behind
+
+
+async def test_the_deadline_ends_the_block_and_can_be_lifted() -> None:
+    started = time.monotonic()
+    async with CancelOnDisconnect(stays) as watch:
+        watch.expire_after(0.05)
+        await anyio.sleep(5)
+    assert watch.expired and not watch.disconnected and time.monotonic() - started < 1
+    async with CancelOnDisconnect(stays) as lifted:
+        lifted.expire_after(0.05)
+        lifted.no_expiry()
+        await anyio.sleep(0.1)
+    assert not lifted.expired
+    await anyio.sleep(0.01)
+
+
+async def test_an_outer_cancellation_at_the_same_moment_is_not_swallowed() -> None:
+    started = time.monotonic()
+    with anyio.move_on_after(0.05) as outer:
+        async with CancelOnDisconnect(stays) as watch:
+            watch.expire_after(0.05)
+            await anyio.sleep(5)
+        await anyio.sleep(5)  # whichever landed first, the outer scope's cancellation reaches here
+    assert outer.cancelled_caught and time.monotonic() - started < 2
+
+
+async def test_an_error_in_the_block_propagates() -> None:
+    with pytest.raises(ZeroDivisionError):
+        async with CancelOnDisconnect(stays):
+            await anyio.lowlevel.checkpoint()
+            raise ZeroDivisionError
