@@ -9,11 +9,8 @@ On trio (and any other anyio backend) the watcher is a nursery task and the work
 On asyncio both were measured too dear for every request: an anyio task group per request cost about a third of
 megagate's own CPU per plain request (issue 4), and the anyio cancel scope with its deadline, entered and left,
 about 6 % of the worker's CPU per plain request (issue 17's profile: `current_task` and backend lookups in
-`CancelScope.__new__/__enter__/__exit__`). There the watcher is a bare `loop.create_task` and a disconnect or the
-deadline cancels the request's own task once (`Task.cancel`); leaving the block takes that request back
-(`Task.uncancel`) and swallows the CancelledError only if nobody else cancelled the task too, the same rule anyio's
-scopes follow for native cancellations. Both can only land at a suspension point inside the block: nothing between
-entering and leaving it suspends outside the work.
+`CancelScope.__new__/__enter__/__exit__`). There the watcher is a bare `loop.create_task`, and a disconnect or the
+deadline cancels the request's own task once, settled when the block ends (`deadline.TaskCanceller`).
 """
 
 from __future__ import annotations
@@ -24,9 +21,9 @@ from types import TracebackType
 
 import anyio
 import anyio.abc
-import sniffio
 
 from megagate.asgi import Receive
+from megagate.deadline import TaskCanceller, on_asyncio
 
 
 class CancelOnDisconnect:
@@ -38,11 +35,9 @@ class CancelOnDisconnect:
         self.receive = receive
         self.disconnected = False  # the client left
         self.expired = False  # the deadline ended the work
-        self._task: asyncio.Task[object] | None = None  # asyncio: the request's own task, cancelled at most once
+        self._canceller: TaskCanceller | None = None  # asyncio: cancels the request's own task, at most once
         self._watcher: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._cancelled = False
-        self._cancelling_at_enter = 0
         self._scope: anyio.CancelScope | None = None  # other backends: the work's scope and the watcher's nursery
         self._group: anyio.abc.TaskGroup | None = None
 
@@ -58,9 +53,8 @@ class CancelOnDisconnect:
     def _cancel(self) -> None:
         if self._scope is not None:
             self._scope.cancel()
-        elif self._task is not None and not self._cancelled:
-            self._cancelled = True
-            self._task.cancel()
+        elif self._canceller is not None:
+            self._canceller.cancel()
 
     def _expire(self) -> None:
         self._timer = None
@@ -82,10 +76,8 @@ class CancelOnDisconnect:
             self._timer = None
 
     async def __aenter__(self) -> CancelOnDisconnect:
-        if sniffio.current_async_library() == "asyncio":
-            self._task = asyncio.current_task()
-            assert self._task is not None
-            self._cancelling_at_enter = self._task.cancelling()
+        if on_asyncio():
+            self._canceller = TaskCanceller()
             self._watcher = asyncio.get_running_loop().create_task(self._watch())
         else:
             self._scope = anyio.CancelScope()
@@ -105,11 +97,7 @@ class CancelOnDisconnect:
             self._group.cancel_scope.cancel()
             await self._group.__aexit__(None, None, None)  # the work's error, if any, propagates unwrapped
             return suppressed
-        assert self._watcher is not None and self._task is not None
+        assert self._watcher is not None and self._canceller is not None
         self._watcher.cancel()
         self.no_expiry()
-        if not self._cancelled:
-            return False
-        self._task.uncancel()
-        # ours alone: swallowed; if someone else cancelled the task as well, theirs goes on
-        return isinstance(exc, asyncio.CancelledError) and self._task.cancelling() <= self._cancelling_at_enter
+        return self._canceller.settle(exc)  # ours alone is swallowed; anyone else's goes on

@@ -1,7 +1,8 @@
-"""CancelOnDisconnect on both loops: a disconnect or the deadline ends the block only; other cancellations go on."""
+"""CancelOnDisconnect and Deadline on both loops: a disconnect or a deadline ends its block only; others go on."""
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -9,6 +10,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
+from megagate.deadline import Deadline
 from megagate.disconnect import CancelOnDisconnect
 
 pytestmark = pytest.mark.anyio
@@ -61,3 +63,43 @@ async def test_an_error_in_the_block_propagates() -> None:
         async with CancelOnDisconnect(stays):
             await anyio.lowlevel.checkpoint()
             raise ZeroDivisionError
+
+
+async def test_a_deadline_ends_its_block_only() -> None:
+    started = time.monotonic()
+    with Deadline(0.05) as limit:
+        await anyio.sleep(5)
+    assert limit.expired and time.monotonic() - started < 1
+    with anyio.fail_after(1):
+        await anyio.sleep(0.01)  # nothing left pending
+    with Deadline(math.inf) as never:
+        await anyio.sleep(0.01)
+    assert not never.expired
+
+
+async def test_nested_deadlines_the_outer_one_wins_when_both_pass() -> None:
+    started = time.monotonic()
+    with Deadline(0.05) as outer:
+        async with CancelOnDisconnect(stays) as watch:
+            watch.expire_after(0.05)
+            with Deadline(0.05):
+                await anyio.sleep(5)
+        await anyio.sleep(5)  # if an inner one took the cancellation, the outer one's timer still ends this
+    assert outer.expired and time.monotonic() - started < 2
+
+
+async def test_an_anyio_scope_outside_a_deadline_keeps_its_cancellation() -> None:
+    started = time.monotonic()
+    with anyio.move_on_after(0.05) as scope:
+        with Deadline(0.05):
+            await anyio.sleep(5)
+        await anyio.sleep(5)
+    assert scope.cancelled_caught and time.monotonic() - started < 2
+
+
+async def test_an_anyio_scope_inside_a_deadline_lets_it_through() -> None:
+    with Deadline(0.05) as limit:
+        with anyio.move_on_after(10) as inside:
+            await anyio.sleep(5)
+        raise AssertionError("the deadline's cancellation was swallowed inside")
+    assert limit.expired and not inside.cancelled_caught

@@ -12,8 +12,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import anyio
-
 from megagate.asgi import ASGIApp, ClientDisconnected, Receive, Scope, Send, header, read_body, replay_body, send_error
 from megagate.config import DEFAULT_MODEL
 from megagate.core.anthropic import ANTHROPIC_RULES
@@ -27,6 +25,7 @@ from megagate.core.request import (
     Shape,
     prepare_chat_request,
 )
+from megagate.deadline import Deadline
 from megagate.routing import ENDPOINTS, Endpoint
 from megagate.state import RequestState, route_format, route_path, set_state
 
@@ -110,9 +109,9 @@ class DefaultsMiddleware:
             if not is_json_content_type(header(scope, b"content-type")):
                 raise InvalidRequest("Content-Type must be application/json.")
             body: bytes | None = None
-            with anyio.CancelScope(deadline=anyio.current_time() + self.body_timeout):
+            with Deadline(self.body_timeout) as reading:
                 body = await read_body(receive, self.max_body_bytes)
-            if body is None:  # a slow drip holds a worker slot: it gets a deadline like everything else
+            if reading.expired or body is None:  # a slow drip holds a worker slot: it gets a deadline too
                 raise InvalidRequest(f"The request body did not arrive within {self.body_timeout:g} s.", status=408)
             request = prepare_chat_request(body, profile.defaults, profile.rules, profile.required, profile.shape)
         except ClientDisconnected:

@@ -13,8 +13,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 
-import anyio
-
 from megagate.asgi import ASGIApp, Receive, Scope, Send, header, replay_body
 from megagate.core.errors import (
     MegagateError,
@@ -25,6 +23,7 @@ from megagate.core.errors import (
 )
 from megagate.core.outcome import classify, fallback_switch
 from megagate.core.stream_relay import stream_error_event
+from megagate.deadline import Deadline
 from megagate.middleware.watch import Headers, watch_response
 from megagate.state import RequestState, get_state
 
@@ -69,7 +68,7 @@ class FallbackMiddleware:
 
         watch, send = watch_response(scope, send)
         deadline = self._deadline(scope)
-        with anyio.move_on_after(deadline), watch.adding_headers(report):
+        with Deadline(deadline), watch.adding_headers(report):
             await self._try_chain(scope, receive, send, state)
             return
         # The deadline passed. Before the first byte that is a 504; after it, the stream ends visibly.
