@@ -112,7 +112,7 @@ def chart(results: dict[str, Any]) -> None:
         share_axis.plot(levels, share, marker="o", label=NAMES.get(column, column))
         cpu_axis.plot(levels, cpu, marker="o", label=NAMES.get(column, column))
     share_axis.set(title="chunks/s, x direct", xlabel="concurrent streams (100 x 100 ms)", ylim=(0, 1.1))
-    cpu_axis.set(title="CPU per chunk (µs)", xlabel="concurrent streams (100 x 100 ms)")
+    cpu_axis.set(title="CPU per chunk (µs)", xlabel="concurrent streams (100 x 100 ms)", ylim=(0, None))
     share_axis.legend()
     figure.tight_layout()
     figure.savefig(HERE / "scale.png", dpi=110)

@@ -1,11 +1,13 @@
 """A soak: python -m benchmarks.soak [--minutes 10] [--streams 200]
 
 megagate (one hypercorn worker, full default stack, an admin token) in front of the fake upstream streaming at
-25 ms per chunk; `streams` clients loop over streamed requests, some leaving mid-stream, some to models the fake
-breaks (a dropped connection, 429s, 5xx), plus plain requests. Every 30 s it samples the gateway's RSS, open file
+25 ms per chunk; `streams` clients (`soak_load.py`: raw asyncio protocols, in a process of their own) loop over
+streamed requests, some leaving mid-stream, some to models the fake breaks (a dropped connection, 429s, 5xx), plus
+plain requests. Every 30 s it samples the gateway's RSS, open file
 descriptors, in-flight count per key (`/admin/keys`) and event-loop lag (the time `/healthz` takes). It passes when
 RSS grows less than 10 % from minute 2 to the end, no descriptors leak, every key is back to 0 in flight, no request
-hung, and every failed stream ended with its error event. Results go to benchmarks/results-soak.json.
+hung, and every failed stream ended with its error event. Results go to benchmarks/results-soak.json, the chart of
+RSS and descriptors over time to benchmarks/soak.png.
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ async def soak(minutes: float, streams: int) -> dict[str, Any]:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gate_port}", timeout=60) as probe:
             while time.monotonic() < deadline:
                 samples.append(await sample(probe, gateway.pid))
-                tally = json.loads(tally_file.read_text()) if tally_file.exists() else {}
+                tally = _progress(tally_file)
                 print(f"[soak] {samples[-1]['rss_mib']:.1f} MiB, {samples[-1]['fds']} fds, lag "
                       f"{samples[-1]['lag_ms']:.1f} ms, {tally}", flush=True)  # fmt: skip
                 await anyio.sleep(min(30.0, max(0.0, deadline - time.monotonic())))
@@ -92,6 +94,11 @@ async def soak(minutes: float, streams: int) -> dict[str, Any]:
             if process is not None and process.poll() is None:
                 process.terminate()
     return verdict(samples, json.loads(out), minutes)
+
+
+def _progress(tally_file: Path) -> dict[str, Any]:
+    """The load's running tally, for the progress line ({} before its first write)."""
+    return json.loads(tally_file.read_text()) if tally_file.exists() else {}
 
 
 def _start_load(port: int, clients: int, seconds: float, tally_file: Path) -> subprocess.Popen[str]:
@@ -121,6 +128,24 @@ def verdict(samples: list[dict[str, Any]], tally: dict[str, int], minutes: float
     return {"minutes": minutes, "tally": tally, "samples": samples, "checks": checks, "passed": all(checks.values())}
 
 
+def chart(result: dict[str, Any]) -> None:
+    """benchmarks/soak.png: RSS and open descriptors over the run, one point per sample."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    samples = result["samples"]
+    minutes = [(s["at"] - samples[0]["at"]) / 60 for s in samples]
+    figure, (rss_axis, fd_axis) = plt.subplots(1, 2, figsize=(9, 3))
+    rss_axis.plot(minutes, [s["rss_mib"] for s in samples], marker="o")
+    rss_axis.set(title="gateway RSS (MiB)", xlabel="minutes", ylim=(0, None))
+    fd_axis.plot(minutes, [s["fds"] for s in samples], marker="o")
+    fd_axis.set(title="open file descriptors", xlabel="minutes", ylim=(0, None))
+    figure.tight_layout()
+    figure.savefig(HERE / "soak.png", dpi=110)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0)
@@ -128,6 +153,7 @@ def main() -> None:
     args = parser.parse_args()
     result = anyio.run(soak, args.minutes, args.streams)
     (HERE / "results-soak.json").write_text(json.dumps(result, indent=1))
+    chart(result)
     for check, ok in result["checks"].items():
         print(f"{'PASS' if ok else 'FAIL'}  {check}")
     print(json.dumps(result["tally"]))

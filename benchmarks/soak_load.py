@@ -96,7 +96,10 @@ async def main(port: int, clients: int, seconds: float, tally_file: Path) -> dic
 
 
 def _write(tally_file: Path, tally: dict[str, int]) -> None:
-    tally_file.write_text(json.dumps(tally))  # a few hundred bytes, every few seconds
+    """Replaced whole (written aside, then renamed), so the sampler never reads a half-written file."""
+    aside = tally_file.with_suffix(".part")
+    aside.write_text(json.dumps(tally))
+    aside.replace(tally_file)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from megagate.core.errors import (
 from megagate.core.request import OPENAI_RULES, RequestDefaults, prepare_chat_request
 from megagate.middleware.errors import ErrorsMiddleware
 from megagate.middleware.fallback import FallbackMiddleware
+from megagate.middleware.hedging import HedgingMiddleware
 from megagate.routing import ENDPOINTS
 from megagate.state import Attempt, RequestState, get_state, set_state
 from tests.middleware.asgi_helpers import Recorder, http_scope, receiver
@@ -142,6 +143,14 @@ async def test_the_request_deadline_bounds_every_attempt_together() -> None:
     with anyio.fail_after(2):
         result, _ = await call(app, ask(), [(b"x-megagate-timeout", b"0.1")], deadline=30)
     assert result.status == 504
+
+
+async def test_the_request_deadline_cuts_through_a_hedged_race() -> None:
+    """The deadline cancels the request's task (natively, on asyncio) while it waits on hedging's task groups."""
+    app = HedgingMiddleware(ScriptedModels(stall={"a"}), delay=0.05)
+    with anyio.fail_after(2):
+        result, _ = await call(app, ask(), deadline=0.3)
+    assert result.status == 504 and result.json()["error"]["type"] == "timeout_error"
 
 
 async def test_a_stream_past_its_deadline_ends_with_an_error_event() -> None:
