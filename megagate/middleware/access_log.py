@@ -18,8 +18,9 @@ import msgspec
 
 from megagate.asgi import ASGIApp, Receive, Scope, Send, header
 from megagate.middleware.auth import get_client
-from megagate.middleware.watch import Headers, watch_response
+from megagate.middleware.watch import watch_response
 from megagate.state import get_state, route_path
+from megagate.upstream import Headers
 
 logger = logging.getLogger("megagate.access")
 _SANE_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")

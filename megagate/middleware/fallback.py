@@ -24,8 +24,9 @@ from megagate.core.errors import (
 from megagate.core.outcome import classify, fallback_switch
 from megagate.core.stream_relay import stream_error_event
 from megagate.deadline import Deadline
-from megagate.middleware.watch import Headers, watch_response
+from megagate.middleware.watch import watch_response
 from megagate.state import RequestState, get_state
+from megagate.upstream import Headers
 
 logger = logging.getLogger("megagate.fallback")
 DEADLINE_HEADER = b"x-megagate-timeout"  # a client may shorten (never lengthen) its request's deadline, in seconds

@@ -18,9 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from megagate.asgi import Message, Scope, Send
+from megagate.upstream import Headers
 
 WATCH = "megagate.response"
-Headers = list[tuple[bytes, bytes]]
 HeaderHook = Callable[[Headers], Headers]  # the start's headers in, the headers to send out
 
 
