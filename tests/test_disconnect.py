@@ -16,6 +16,12 @@ from megagate.disconnect import CancelOnDisconnect
 pytestmark = pytest.mark.anyio
 
 
+@pytest.fixture(params=["asyncio", "uvloop", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> Any:
+    """uvloop too: hypercorn's `-k uvloop` worker runs the same Task.cancel/uncancel path as asyncio."""
+    return ("asyncio", {"use_uvloop": True}) if request.param == "uvloop" else request.param
+
+
 async def leaves_at_once() -> dict[str, Any]:
     return {"type": "http.disconnect"}
 
