@@ -6,12 +6,23 @@ pools are built and swapped in between requests. Requests in flight finish on th
 pool adopts the one it replaces, so kept keys keep their windows, in-flight counts and cooldowns. A reload is
 triggered by SIGHUP to a serving worker process (not hypercorn's parent, which restarts its workers on SIGHUP) or
 by this route.
+
+With several workers (`workers = N`, `megagate serve -w N`) the route reaches one of them, whichever accepted the
+connection: after reloading itself it sends SIGHUP to its sibling workers, so that every worker serves the new
+configuration. Siblings are found in /proc (Linux): the other processes multiprocessing spawned for the same
+hypercorn parent. A SIGHUP-triggered reload does not pass itself on, so nothing echoes.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol
 
+import anyio
 import msgspec
 
 from megagate.asgi import Receive, Scope, Send, send_json
@@ -54,18 +65,52 @@ def changes(old: Config, new: Config) -> list[str]:
     return said
 
 
+def sibling_workers() -> list[int]:
+    """The other worker processes of this hypercorn server: the children of our parent that multiprocessing spawned
+    (hypercorn's workers), when the parent is hypercorn or `megagate serve`. [] elsewhere (one process, another
+    server, no /proc)."""
+    parent, me = os.getppid(), os.getpid()
+    try:
+        if not re.search(rb"hypercorn|megagate", Path(f"/proc/{parent}/cmdline").read_bytes()):
+            return []
+        children = [int(c) for task in Path(f"/proc/{parent}/task").iterdir()
+                    for c in (task / "children").read_text().split()]  # fmt: skip
+    except OSError:
+        return []
+    found = []
+    for child in children:
+        try:
+            spawned = b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:  # exited meanwhile
+            continue
+        if spawned and child != me:
+            found.append(child)
+    return found
+
+
 def restart_needed(old: Config, new: Config) -> str | None:
     """The field a reload cannot apply, if the new configuration changes one."""
     return next((field for field in NEEDS_RESTART if getattr(old, field) != getattr(new, field)), None)
 
 
 class ReloadEndpoint:
-    """`POST /admin/reload` (behind the admin token): 200 with what changed, or 400 with the one-line reason."""
+    """`POST /admin/reload` (behind the admin token): 200 with what changed and how many workers were told, or 400
+    with the one-line reason (then no sibling is told: the same file would be refused there too)."""
 
-    def __init__(self, gateway: Reloadable) -> None:
+    def __init__(self, gateway: Reloadable, siblings: Callable[[], list[int]] = sibling_workers) -> None:
         self.gateway = gateway
+        self.siblings = siblings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ok, told = await self.gateway.reload()
-        body = {"reloaded": ok, "changes" if ok else "error": told}
+        body: dict[str, object] = {"reloaded": ok, "changes" if ok else "error": told}
+        if ok:
+            signalled = 0
+            for pid in await anyio.to_thread.run_sync(self.siblings):
+                try:
+                    os.kill(pid, signal.SIGHUP)
+                    signalled += 1
+                except OSError:  # exited meanwhile
+                    continue
+            body["workers"] = 1 + signalled
         await send_json(send, 200 if ok else 400, _encoder.encode(body))

@@ -13,6 +13,7 @@ import anyio
 import httpx
 import pytest
 
+from megagate.core.secrets import key_id
 from tests.conftest import FakeControl, Process, start_gateway
 
 pytestmark = pytest.mark.anyio
@@ -94,5 +95,27 @@ async def test_sighup_reloads_without_dropping_a_stream(
         assert fake.requests()[-1]["key"] in (KEY_B, KEY_C)
         for secret in (KEY_A, KEY_B, KEY_C, ADMIN):
             assert secret not in gateway.output()
+    finally:
+        gateway.stop()
+
+
+async def test_admin_reload_reaches_every_worker(fake_upstream: Process, tmp_path: Path) -> None:
+    """With two workers the route reaches one of them; it reloads and passes the reload on to its sibling."""
+    gateway = start_gateway(tmp_path, config(fake_upstream, [KEY_A], ["m2"]), "-w", "2")
+    path = next(tmp_path.glob("megagate-*.toml"))
+    admin = {"authorization": f"Bearer {ADMIN}"}
+    try:
+        await wait_for(gateway, "Running on", 2)
+        path.write_text(config(fake_upstream, [KEY_B, KEY_C], ["m3"]))
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
+            answer = await http.post("/admin/reload", headers=admin)
+        assert answer.status_code == 200 and answer.json()["workers"] == 2
+        await wait_for(gateway, "configuration reloaded", 2)
+        seen = set()
+        for _ in range(16):  # fresh connections: the kernel spreads them over both workers
+            async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
+                keys = (await http.get("/admin/keys", headers=admin)).json()["data"]
+            seen.add(frozenset(k["id"] for k in keys))
+        assert seen == {frozenset({key_id(KEY_B), key_id(KEY_C)})}
     finally:
         gateway.stop()
