@@ -137,7 +137,7 @@ class Gateway:
         self.app = self._assemble()
 
     def _assemble(self) -> ASGIApp:
-        self.directory = ClientDirectory(self.config.clients)
+        self.directory = ClientDirectory(self.config.clients, previous=getattr(self, "directory", None))
         app: ASGIApp = self._router(self.clock)
         for cls, kwargs in reversed(self._stack(self.clock)):
             app = cls(app, **kwargs)

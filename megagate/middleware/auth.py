@@ -51,12 +51,17 @@ def presented_key(scope: Scope) -> bytes | None:
 
 class ClientDirectory:
     """Client keys by digest. `find` never compares a raw key: it hashes, looks up, then compares digests in
-    constant time."""
+    constant time. Built again on a hot reload from its `previous` one: a client kept by name keeps its window
+    (what it used in the last minute counts against its new limits), so a reload is no way around a limit."""
 
-    def __init__(self, clients: Sequence[ClientConfig]) -> None:
+    def __init__(self, clients: Sequence[ClientConfig], previous: ClientDirectory | None = None) -> None:
         self._by_digest: dict[str, Client] = {}
         for config in clients:
-            window = SlidingWindow(config.rpm, config.tpm) if config.rpm or config.tpm else None
+            window = None
+            if config.rpm or config.tpm:
+                kept = previous.by_name(config.name) if previous is not None else None
+                window = kept.window if kept is not None and kept.window is not None else SlidingWindow()
+                window.rpm, window.tpm = config.rpm, config.tpm
             self._by_digest[config.digest] = Client(config, window)
 
     def __bool__(self) -> bool:

@@ -64,3 +64,44 @@ async def test_only_v1_routes_need_a_key_and_open_mode_needs_none() -> None:
     recorder = Recorder()
     await AuthMiddleware(ok, clients=[])(http_scope("/v1/models", method="GET", headers=[]), receiver(b""), recorder)
     assert recorder.status == 200
+
+
+def test_a_rebuilt_directory_keeps_each_kept_clients_window() -> None:
+    before = ClientDirectory([ClientConfig(name="alice", key=ALICE, rpm=2), ClientConfig(name="bob", key="b", rpm=5)])
+    alice = before.find(ALICE.encode())
+    assert alice is not None and alice.window is not None
+    alice.window.record(10, now=1.0)
+    after = ClientDirectory(
+        [
+            ClientConfig(name="alice", key="sk-client-alice-rotated", rpm=1, tpm=100),
+            ClientConfig(name="carol", key="c"),
+        ],
+        previous=before,
+    )
+    kept = after.find(b"sk-client-alice-rotated")
+    assert kept is not None and kept.window is alice.window  # the same history, under the new limits
+    assert (kept.window.rpm, kept.window.tpm) == (1, 100) and len(kept.window.requests) == 1
+    carol = after.find(b"c")
+    assert carol is not None and carol.window is None  # no limits, no window
+
+
+async def test_a_hot_reload_is_no_way_around_a_client_limit() -> None:
+    from megagate.app import Gateway
+    from megagate.config import config_from_mapping
+    from megagate.upstream.mock import MockResponse, MockTransport
+    from tests.inprocess import COMPLETION, call
+
+    def settings(admin: str) -> Any:
+        return config_from_mapping({
+            "admin_token": admin, "access_log": False,
+            "clients": [{"name": "alice", "key": ALICE, "rpm": 1}],
+            "upstreams": [{"name": "up", "base_url": "http://upstream.test", "keys": ["sk-up-0001"]}],
+        }, environ={})  # fmt: skip
+
+    transport = MockTransport(lambda request: MockResponse(body=[COMPLETION]))
+    app = Gateway(settings("admin-one"), transport=transport, loader=lambda: settings("admin-two"))
+    headers = [(b"content-type", b"application/json"), (b"authorization", b"Bearer " + ALICE.encode())]
+    assert (await call(app, headers=headers)).status == 200
+    assert (await call(app, headers=headers)).status == 429
+    assert (await app.reload())[0]
+    assert (await call(app, headers=headers)).status == 429  # the minute's request still counts
