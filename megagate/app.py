@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -24,7 +25,7 @@ from starlette.routing import Route, Router
 
 from megagate.admin import AdminGuard, KeysEndpoint
 from megagate.asgi import ASGIApp, Receive, Scope, Send, send_error, send_json
-from megagate.config import Config, load_config, prometheus_multiprocess
+from megagate.config import Config, config_file, load_config, prometheus_multiprocess
 from megagate.core.errors import ConfigError, InvalidRequest, NotFound
 from megagate.count_tokens import CountTokensEndpoint
 from megagate.middleware.access_log import AccessLogMiddleware
@@ -49,6 +50,7 @@ from megagate.upstream.fast_transport import FastTransport
 
 logger = logging.getLogger("megagate")
 Clock = Callable[[], float]
+WATCH_EVERY = 1.0  # seconds between looks at the configuration file, with `watch = true`
 
 
 def build_transport(config: Config) -> Transport:
@@ -267,6 +269,8 @@ class Gateway:
                 group.start_soon(self._maintain_pools)
             if reload_on_sighup and hasattr(signal, "SIGHUP"):
                 group.start_soon(self._reload_on_sighup)
+            if self.loader is not None and (path := config_file()) is not None:
+                group.start_soon(self._reload_on_change, path)
             try:
                 yield self
             finally:
@@ -277,6 +281,18 @@ class Gateway:
             await anyio.sleep(self.config.pool.lease_ttl / 3)
             for pool in list(self.pools.values()):
                 await pool.maintain()  # type: ignore[attr-defined]
+
+    async def _reload_on_change(self, path: Path) -> None:
+        """`watch = true`: look at the file every WATCH_EVERY seconds and reload when its mtime or size changes (a
+        poll, not inotify: it works on every filesystem and costs one stat a second). Off again after a reload
+        that sets `watch = false`."""
+        seen = _stamp(path)
+        while True:
+            await anyio.sleep(WATCH_EVERY)
+            stamp = _stamp(path)
+            if stamp != seen and self.config.watch:
+                await self.reload()
+            seen = stamp
 
     async def _reload_on_sighup(self) -> None:
         with anyio.open_signal_receiver(signal.SIGHUP) as signals:
@@ -293,6 +309,14 @@ class Gateway:
         await self.transport.aclose()
         if self.tracing is not None:
             self.tracing[0].shutdown()
+
+
+def _stamp(path: Path) -> tuple[float, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:  # being replaced, or gone: a change once it is back
+        return None
+    return stat.st_mtime, stat.st_size
 
 
 def _tracing(config: Config) -> tuple[Any, Any] | None:

@@ -13,6 +13,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -188,6 +189,7 @@ class Config(_Config, frozen=True):
     admin_token: str | None = None  # guards /admin/*; without one the admin routes do not exist
     pool: PoolSettings = PoolSettings()
     tracing: Tracing | None = None  # off unless present
+    watch: bool = False  # reload when the file (MEGAGATE_CONFIG) changes, as on SIGHUP; each worker watches it
 
     def __post_init__(self) -> None:
         if not self.upstreams:
@@ -260,6 +262,12 @@ def _hashed(client: Any) -> Any:
 
 def _split_keys(value: str) -> list[str]:
     return [k.strip() for k in value.split(",") if k.strip()]
+
+
+def config_file(environ: Mapping[str, str] | None = None) -> Path | None:
+    """The configuration file a reload reads (`MEGAGATE_CONFIG`), or None in simple mode (environment only)."""
+    path = (os.environ if environ is None else environ).get("MEGAGATE_CONFIG")
+    return Path(path) if path else None
 
 
 def load_config(environ: Mapping[str, str] | None = None) -> Config:

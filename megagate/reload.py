@@ -59,7 +59,7 @@ def changes(old: Config, new: Config) -> list[str]:
     new_clients = {c.name for c in new.clients}
     said += [f"client {c} added" for c in sorted(new_clients - old_clients)]
     said += [f"client {c} removed" for c in sorted(old_clients - new_clients)]
-    for field in ("default_model", "aliases", "defaults", "timeouts", "rotation", "hedging", "admin_token"):
+    for field in ("default_model", "aliases", "defaults", "timeouts", "rotation", "hedging", "admin_token", "watch"):
         if getattr(old, field) != getattr(new, field):
             said.append(f"{field} changed")
     return said

@@ -119,3 +119,22 @@ async def test_admin_reload_reaches_every_worker(fake_upstream: Process, tmp_pat
         assert seen == {frozenset({key_id(KEY_B), key_id(KEY_C)})}
     finally:
         gateway.stop()
+
+
+async def test_watch_reloads_when_the_file_changes(fake_upstream: Process, fake: FakeControl, tmp_path: Path) -> None:
+    gateway = start_gateway(tmp_path, "watch = true\n" + config(fake_upstream, [KEY_A], ["m2"]))
+    path = next(tmp_path.glob("megagate-*.toml"))
+    body = {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}
+    try:
+        path.write_text("watch = true\n" + config(fake_upstream, [KEY_B], ["m2"]))
+        await wait_for(gateway, "configuration reloaded")  # no signal, no request: the worker saw the file change
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
+            assert (await http.post("/v1/chat/completions", json=body)).status_code == 200
+        assert fake.requests()[-1]["key"] == KEY_B
+        path.write_text("watch = true\n" + config(fake_upstream, [KEY_B], ["m2"]).replace("keys =", "keys = 7 #"))
+        await wait_for(gateway, "reload refused")
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
+            assert (await http.post("/v1/chat/completions", json=body)).status_code == 200
+        assert fake.requests()[-1]["key"] == KEY_B  # the invalid file changed nothing
+    finally:
+        gateway.stop()
