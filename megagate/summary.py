@@ -65,4 +65,7 @@ def describe(config: Config) -> str:
     lines.append(f"  pool: {where}{extra}; {r.strategy}, {r.max_attempts} attempts, max wait {r.max_wait:g} s, "
                  f"affinity {'on' if r.affinity else 'off'}")  # fmt: skip
     lines.append(f"  admin routes: {'on (token set)' if config.admin_token else 'off (no admin_token)'}")
+    triggers = ["SIGHUP to a worker", *(["POST /admin/reload"] if config.admin_token else [])]
+    triggers += ["the file changing (watch = true)"] if config.watch else []
+    lines.append(f"  reload: on {', '.join(triggers)}")
     return "\n".join(lines)
