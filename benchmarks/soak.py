@@ -26,14 +26,11 @@ import anyio
 import httpx
 
 from benchmarks.run import HERE, ROOT, pinned, rss_mib, start
-from benchmarks.soak_load import HUNG_AFTER
+from benchmarks.soak_load import FAULTS, HUNG_AFTER
 from megagate.serve import free_port
 
 ADMIN = "soak-admin-token"
 KEYS = [f"sk-soak-key-{i:04d}" for i in range(4)]
-# model -> what the fake does with it (rules posted at start); the rest answer normally
-FAULTS = {"soak-drop": {"drop_after": 5}, "soak-limited": {"status": 429, "retry_after": 1},
-          "soak-broken": {"status": 500}}  # fmt: skip
 
 
 def fds(pid: int) -> int:

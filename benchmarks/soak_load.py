@@ -4,7 +4,7 @@ python -m benchmarks.soak_load PORT CLIENTS SECONDS TALLY_FILE
 
 Each of CLIENTS keep-alive connections loops over requests until SECONDS have passed: 85 % streamed, a tenth of
 those left after three events (the connection closed, as a client that goes away), the model drawn from
-`soak.MODELS` (some of which the fake breaks). Every request is bounded by 30 s; one that takes longer is counted
+`MODELS` (some of which the fake breaks, `FAULTS`). Every request is bounded by 30 s; one that takes longer is counted
 as hung, by model. The tally is written to TALLY_FILE every few seconds and printed as JSON at the end.
 """
 
@@ -20,7 +20,10 @@ from pathlib import Path
 from benchmarks.loadgen import Client, request_bytes
 
 HUNG_AFTER = 30.0
-MODELS = ["soak"] * 7 + ["soak-drop", "soak-limited", "soak-broken"]  # soak.FAULTS names the last three
+# model -> what the fake does with it (soak.py posts these rules at start); the rest answer normally
+FAULTS = {"soak-drop": {"drop_after": 5}, "soak-limited": {"status": 429, "retry_after": 1},
+          "soak-broken": {"status": 500}}  # fmt: skip
+MODELS = ["soak"] * 7 + list(FAULTS)
 TALLY = ["ok", "left", "error_answers", "failed_streams_told", "cut_streams", "hung", "transport_errors"]
 
 

@@ -125,22 +125,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-
-
-class _ServedWithout:
-    """`benchmarks.stack:app` for hypercorn: megagate from MEGAGATE_CONFIG without the layers named in
-    BENCH_WITHOUT (comma-separated class names), so a feature's cost can be measured under the real server too."""
-
-    def __init__(self) -> None:
-        self.gateway: Gateway | None = None
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if self.gateway is None:
-            from megagate.config import load_config
-
-            without = {name for name in os.environ.get("BENCH_WITHOUT", "").split(",") if name}
-            self.gateway = GatewayWithout(load_config(), without=without)
-        await self.gateway(scope, receive, send)
-
-
-app = _ServedWithout()
