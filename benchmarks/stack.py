@@ -18,6 +18,7 @@ import anyio
 import msgspec
 
 from megagate.app import Gateway
+from megagate.assembly import build_router, build_stack
 from megagate.config import config_from_mapping
 from megagate.upstream.mock import MockResponse, MockTransport, sse
 
@@ -40,24 +41,22 @@ LAYERS = ["MetricsMiddleware", "AccessLogMiddleware", "ErrorsMiddleware", "AuthM
           "FallbackMiddleware", "RotationMiddleware"]  # fmt: skip
 
 
-class GatewayWithout(Gateway):
-    """The default gateway with some middlewares left out of its stack."""
-
-    def __init__(self, config: Any, *, without: set[str], **options: Any) -> None:
-        self.without = without
-        super().__init__(config, **options)
-
-    def _stack(self, clock: Any) -> list[tuple[Any, dict[str, Any]]]:
-        return [(cls, kwargs) for cls, kwargs in super()._stack(clock) if cls.__name__ not in self.without]
-
-
 def build(without: set[str]) -> Gateway:
+    """The default gateway with the layers named in `without` left out of its stack."""
+
     def answer(request: Any) -> MockResponse:
         return sse(*EVENTS) if b'"stream":true' in request.body else MockResponse(body=[COMPLETION])
 
     upstream = {"name": "mock", "base_url": "http://mock.test", "keys": KEYS}
     config = config_from_mapping({"upstreams": [upstream]}, environ={})
-    return GatewayWithout(config, without=without, transport=MockTransport(answer))
+    gateway = Gateway(config, transport=MockTransport(answer))
+    resources = gateway.resources()
+    app: Any = build_router(config, resources)
+    for cls, kwargs in reversed(build_stack(config, resources)):
+        if cls.__name__ not in without:
+            app = cls(app, **kwargs)
+    gateway.app = app
+    return gateway
 
 
 async def one(app: Gateway, body: bytes) -> int:

@@ -1,12 +1,6 @@
-r"""Assembles megagate: the routes, the middleware stack, and `app`, the lazily configured ASGI app for hypercorn.
-
-Request path (outermost first)::
-
-    MetricsMiddleware -> AccessLogMiddleware -> ErrorsMiddleware -> AuthMiddleware -> DefaultsMiddleware
-        -> ClientLimitsMiddleware -> FallbackMiddleware -> [HedgingMiddleware] -> RotationMiddleware
-        -> Router --/v1/chat/completions, /v1/messages--> UpstreamProxy
-                  |--/v1/messages/count_tokens--> CountTokensEndpoint (-> UpstreamProxy, or a local estimate)
-                  \--/v1/models, /healthz, /readyz, /metrics, /admin/keys
+"""megagate's lifecycle: `Gateway` owns the transport, the pools, the Redis client, tracing and the reloads
+(SIGHUP, `POST /admin/reload`, `watch = true`) and serves what `assembly.assemble` built from the configuration;
+`app` is the lazily configured ASGI app for hypercorn (`megagate.app:app`), `create_app` the one to embed.
 """
 
 from __future__ import annotations
@@ -21,80 +15,21 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from starlette.routing import Route, Router
 
-from megagate.admin import AdminGuard, KeysEndpoint
-from megagate.asgi import ASGIApp, Receive, Scope, Send, send_error, send_json
+from megagate.asgi import ASGIApp, Receive, Scope, Send
+from megagate.assembly import Resources, assemble, build_transport
 from megagate.config import Config, config_file, load_config, prometheus_multiprocess
-from megagate.core.errors import ConfigError, InvalidRequest, NotFound
-from megagate.count_tokens import CountTokensEndpoint
-from megagate.middleware.access_log import AccessLogMiddleware
-from megagate.middleware.auth import AuthMiddleware, ClientDirectory
-from megagate.middleware.client_limits import ClientLimitsMiddleware
-from megagate.middleware.defaults import DefaultsMiddleware
-from megagate.middleware.errors import ErrorsMiddleware
-from megagate.middleware.fallback import FallbackMiddleware
-from megagate.middleware.hedging import HedgingMiddleware
-from megagate.middleware.metrics import MetricsMiddleware
-from megagate.middleware.rotation import RotationMiddleware
-from megagate.models import ModelsEndpoint
-from megagate.pool import KeyPool, LocalKeyPool
-from megagate.prometheus import Metrics, MetricsEndpoint
-from megagate.proxy import UpstreamProxy
-from megagate.reload import ReloadEndpoint, changes, restart_needed
-from megagate.routing import ENDPOINTS, Routes
-from megagate.state import route_format
-from megagate.status_page import StatusPage
+from megagate.core.errors import ConfigError
+from megagate.middleware.auth import ClientDirectory
+from megagate.ops.prometheus import Metrics
+from megagate.ops.reload import changes, restart_needed
+from megagate.pool import KeyPool
+from megagate.pool.local import LocalKeyPool
 from megagate.upstream import Transport
-from megagate.upstream.fast_transport import FastTransport
 
 logger = logging.getLogger("megagate")
 Clock = Callable[[], float]
 WATCH_EVERY = 1.0  # seconds between looks at the configuration file, with `watch = true`
-
-
-def build_transport(config: Config) -> Transport:
-    timeouts = config.timeouts
-    max_connections = max(u.connection_cap for u in config.upstreams)
-    if config.transport == "httpcore":
-        from megagate.upstream.httpcore_transport import HttpcoreTransport
-
-        return HttpcoreTransport(timeouts=timeouts, max_connections=max_connections)
-    return FastTransport(timeouts=timeouts, max_connections=max_connections)
-
-
-class AllowMethods:
-    """`endpoint` for `methods`; other methods get a 405 in the route's envelope (Starlette's is plain text).
-
-    A class, not a closure: Starlette's Route treats a plain function as a request/response endpoint."""
-
-    def __init__(self, methods: tuple[str, ...], endpoint: ASGIApp) -> None:
-        self.methods = methods
-        self.endpoint = endpoint
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["method"] not in self.methods:
-            error = InvalidRequest(f"Method {scope['method']} is not allowed here.", status=405)
-            await send_error(send, error, route_format(scope))
-            return
-        await self.endpoint(scope, receive, send)
-
-
-async def health(scope: Scope, receive: Receive, send: Send) -> None:
-    await send_json(send, 200, b'{"status":"ok"}')
-
-
-class Readiness:
-    """`/readyz`: 503 while no upstream key can be used (all disabled or cooling), so a balancer routes elsewhere."""
-
-    def __init__(self, pools: dict[str, KeyPool]) -> None:
-        self.pools = pools
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not self.pools or any(pool.usable() for pool in self.pools.values()):
-            await send_json(send, 200, b'{"status":"ready"}')
-        else:
-            await send_json(send, 503, b'{"status":"no usable upstream key"}')
 
 
 def _log_to_stderr(name: str) -> None:
@@ -106,11 +41,6 @@ def _log_to_stderr(name: str) -> None:
         log.addHandler(handler)
         log.setLevel(logging.INFO)
         log.propagate = False
-
-
-async def not_found(scope: Scope, receive: Receive, send: Send) -> None:
-    if scope["type"] == "http":
-        await send_error(send, NotFound(f"Unknown route {scope['path']}."), route_format(scope))
 
 
 class Gateway:
@@ -136,14 +66,20 @@ class Gateway:
         _log_to_stderr("megagate")  # reloads, pool warnings: an operator's lines, unless the host app logs them
         self.tracing = _tracing(config)  # (provider, tracer) when [tracing] is configured
         self.pools = self._pools(clock)
+        self.directory: ClientDirectory | None = None
         self.app = self._assemble()
 
     def _assemble(self) -> ASGIApp:
-        self.directory = ClientDirectory(self.config.clients, previous=getattr(self, "directory", None))
-        app: ASGIApp = self._router(self.clock)
-        for cls, kwargs in reversed(self._stack(self.clock)):
-            app = cls(app, **kwargs)
-        return app
+        """The routes and stack for the current configuration; a kept client keeps its window (by name)."""
+        self.directory = ClientDirectory(self.config.clients, previous=self.directory)
+        return assemble(self.config, self.resources())
+
+    def resources(self) -> Resources:
+        """What the assembly is built from: this gateway's transport, metrics, pools and client directory."""
+        assert self.directory is not None  # made by _assemble before it asks
+        tracer = self.tracing[1] if self.tracing is not None else None
+        return Resources(self.transport, self.metrics, self.pools, self.directory, self.clock, self,
+                         self.client_windows, tracer)  # fmt: skip
 
     async def reload(self) -> tuple[bool, str]:
         """Load the configuration again and swap it in between requests (see `megagate.reload`); (ok, what
@@ -174,75 +110,15 @@ class Gateway:
         logger.error("megagate: reload refused, the configuration is unchanged: %s", reason)
         return False, reason
 
-    def _router(self, clock: Clock) -> Router:
-        """The routes: each client endpoint (`routing.ENDPOINTS`) to the app serving its operation, then the
-        model list and the operator routes."""
-        config = self.config
-        proxy = UpstreamProxy(config=config, transport=self.transport)
-        count_tokens = CountTokensEndpoint(proxy, config=config)
-        serving: dict[str, ASGIApp] = {"chat": proxy, "embeddings": proxy, "count_tokens": count_tokens}
-        models = ModelsEndpoint(config=config, transport=self.transport, pools=self.pools, clock=clock)
-        routes = [Route(path, AllowMethods(("POST",), serving[e.operation])) for path, e in ENDPOINTS.items()]
-        routes += [
-            Route("/v1/models", AllowMethods(("GET",), models)),
-            Route("/v1/models/{model:path}", AllowMethods(("GET",), models)),
-            Route("/healthz", AllowMethods(("GET", "HEAD"), health)),
-            Route("/readyz", AllowMethods(("GET", "HEAD"), Readiness(self.pools))),
-        ]
-        metrics_endpoint: ASGIApp = MetricsEndpoint(self.metrics, self.pools)
-        if config.admin_token:
-            metrics_endpoint = AdminGuard(metrics_endpoint, config.admin_token)
-            keys = AdminGuard(KeysEndpoint(self.pools), config.admin_token)
-            routes.append(Route("/admin/keys", AllowMethods(("GET",), keys)))
-            reload = AdminGuard(ReloadEndpoint(self), config.admin_token)
-            routes.append(Route("/admin/reload", AllowMethods(("POST",), reload)))
-            page = StatusPage(config=config, pools=self.pools, metrics=self.metrics, clients=self.directory)
-            routes.append(Route("/admin", AllowMethods(("GET",), page)))
-            routes.append(Route("/admin/login", AllowMethods(("POST",), page)))
-        routes.append(Route("/metrics", AllowMethods(("GET",), metrics_endpoint)))
-        everything = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-        return Router(routes=routes, default=AllowMethods(everything, not_found))
-
-    def _stack(self, clock: Clock) -> list[tuple[Any, dict[str, Any]]]:
-        """The middlewares, outermost first (see the module docstring for why each sits where it does)."""
-        config = self.config
-        defaults = {
-            "default_model": config.default_model,
-            "defaults": config.defaults,
-            "aliases": config.aliases,
-            "max_body_bytes": config.max_body_bytes,
-            "body_timeout": config.body_timeout,
-        }
-        hedging = config.hedging
-        rotation = {"pools": self.pools, "route": Routes(config), "rotation": config.rotation, "clock": clock}
-        client_limits = {"clock": clock, "default_max_tokens": config.rotation.default_max_tokens,
-                         "shared": self.client_windows}  # fmt: skip
-        tracing: list[tuple[Any, dict[str, Any]]] = []
-        if self.tracing is not None:  # an optional dependency, imported only when configured
-            from megagate.middleware.tracing import TracingMiddleware
-
-            tracing.append((TracingMiddleware, {"tracer": self.tracing[1], "clock": clock}))
-        return [
-            *tracing,
-            (MetricsMiddleware, {"metrics": self.metrics, "clock": clock}),
-            (AccessLogMiddleware, {"clock": clock, "text": config.log_format == "text", "log": config.access_log}),
-            (ErrorsMiddleware, {"debug": config.debug}),
-            (AuthMiddleware, {"clients": config.clients, "directory": self.directory}),
-            (DefaultsMiddleware, defaults),
-            (ClientLimitsMiddleware, client_limits),
-            (FallbackMiddleware, {"chains": config.fallbacks, "deadline": config.timeouts.total}),
-            *([(HedgingMiddleware, {"delay": hedging.delay, "models": hedging.models})] if hedging else []),
-            (RotationMiddleware, rotation),
-        ]
-
     def _pools(self, clock: Clock) -> dict[str, KeyPool]:
         """One KeyPool per upstream with keys: in this process, or shared through Redis (`[pool] store`)."""
         config, settings = self.config, self.config.pool
         upstreams = [u for u in config.upstreams if u.keys]
         if settings.store == "memory":
             return {u.name: LocalKeyPool(u.name, u.key_configs, config.rotation, clock=clock) for u in upstreams}
-        from megagate.redis_pool import RedisClientWindows, RedisKeyPool
-        from megagate.resp import RedisClient
+        from megagate.pool.client_windows import RedisClientWindows
+        from megagate.pool.redis_store import RedisKeyPool
+        from megagate.pool.resp import RedisClient
 
         timeout = min(config.timeouts.pool, 2.0)
         assert settings.redis_url is not None  # config validation requires it with store = "redis"

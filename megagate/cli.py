@@ -39,7 +39,7 @@ def serve(args: argparse.Namespace) -> int:
     config.application_path = "megagate.app:app"
     if args.bind:
         config.bind = [args.bind]
-    from megagate.summary import describe
+    from megagate.ops.summary import describe
 
     print(describe(gateway_config), file=sys.stderr)
     if not gateway_config.clients:
@@ -140,7 +140,7 @@ def check_config(args: argparse.Namespace) -> int:
     import os
 
     from megagate.config import load_config
-    from megagate.summary import describe
+    from megagate.ops.summary import describe
 
     environ = dict(os.environ)
     if args.file:

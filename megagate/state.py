@@ -6,13 +6,34 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from megagate.asgi import Scope
+from megagate.config import ClientConfig
 from megagate.core.errors import Format
 from megagate.core.outcome import Outcome
 from megagate.core.request import ChatRequest
 from megagate.core.schemas import Usage
+from megagate.core.window import SlidingWindow
 from megagate.routing import Endpoint, Target, endpoint_format
 
 SCOPE_KEY = "megagate"
+CLIENT_KEY = "megagate.client"
+
+
+@dataclass(slots=True)
+class Client:
+    """An authenticated client: its configuration and, when it has limits, its own sliding windows."""
+
+    config: ClientConfig
+    window: SlidingWindow | None  # its rpm/tpm use, when it has limits (ClientLimitsMiddleware counts it)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+def get_client(scope: Scope) -> Client | None:
+    state = scope.get("state")
+    return state.get(CLIENT_KEY) if state else None
 
 
 @dataclass(slots=True)

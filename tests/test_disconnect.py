@@ -10,8 +10,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from megagate.deadline import Deadline
-from megagate.disconnect import CancelOnDisconnect
+from megagate.cancel import CancelOnDisconnect, Deadline
 
 pytestmark = pytest.mark.anyio
 

@@ -8,7 +8,7 @@ import pytest
 from megagate.config import KeyConfig, Rotation
 from megagate.core.errors import NoKeyAvailable
 from megagate.core.outcome import Outcome
-from megagate.pool import LocalKeyPool
+from megagate.pool.local import LocalKeyPool
 
 pytestmark = pytest.mark.anyio
 

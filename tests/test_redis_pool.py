@@ -20,11 +20,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from megagate.config import KeyConfig, Rotation
-from megagate.core.errors import NoKeyAvailable, NoUsableKey
+from megagate.core.errors import NoKeyAvailable, NoUsableKey, PoolUnavailable
 from megagate.core.outcome import Outcome
-from megagate.pool import KeyPool, LocalKeyPool
-from megagate.redis_pool import RETRY_REDIS_AFTER, PoolUnavailable, RedisKeyPool
-from megagate.resp import RedisClient
+from megagate.pool import KeyPool
+from megagate.pool.local import LocalKeyPool
+from megagate.pool.redis_store import RETRY_REDIS_AFTER, RedisKeyPool
+from megagate.pool.resp import RedisClient
 from tests.conftest import RedisServer
 
 pytestmark = pytest.mark.anyio

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from megagate.resp import Incomplete, RedisClient, RedisError, ReplyError, encode, parse
+from megagate.core.errors import RedisError
+from megagate.pool.resp import Incomplete, RedisClient, ReplyError, encode, parse
 from tests.conftest import RedisServer
 
 replies = st.recursive(

@@ -79,6 +79,28 @@ class NoUsableKey(NoKeyAvailable):
     type = "api_error"
 
 
+class PoolUnavailable(MegagateError):
+    """The shared key pool (Redis) does not answer and the deployment chose to fail closed."""
+
+    status = 503
+    type = "api_error"
+
+
+class RedisError(MegagateError):
+    """The shared store (Redis) could not be reached or answered in a way megagate cannot read. The pools turn it
+    into their `on_redis_error` policy; one that escapes them is a 503, never a 500."""
+
+    status = 503
+    type = "api_error"
+
+
+class ClientDisconnected(MegagateError):
+    """The client went away before its request was complete: there is nobody left to answer."""
+
+    status = 499  # nginx's "client closed request"; never rendered
+    type = "invalid_request_error"
+
+
 class ConfigError(Exception):
     """A bad configuration; the message names the field and is printed as one line at start-up."""
 

@@ -126,6 +126,12 @@ class ChatRequest:
         key's token window before the upstream's real usage corrects it, and answers a local token count."""
         return max(1, self.prompt_bytes // 4)
 
+    def estimated_tokens(self, default_max_tokens: int) -> int:
+        """The prompt's estimate plus the completion budget (`max_tokens`, else the default): what a key's and a
+        client's token windows reserve at admission, until the upstream's real usage settles them."""
+        completion = self.max_tokens if self.max_tokens is not None else default_max_tokens
+        return self.prompt_tokens + completion
+
     def encode(self) -> bytes:
         """The body to send upstream: the client's bytes unless a field was added, changed or removed."""
         if self.dirty:

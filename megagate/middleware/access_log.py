@@ -16,11 +16,8 @@ from typing import Any
 
 import msgspec
 
-from megagate.asgi import ASGIApp, Receive, Scope, Send, header
-from megagate.middleware.auth import get_client
-from megagate.middleware.watch import watch_response
-from megagate.state import get_state, route_path
-from megagate.upstream import Headers
+from megagate.asgi import ASGIApp, Headers, Receive, Scope, Send, header, observe_response
+from megagate.state import get_client, get_state, route_path
 
 logger = logging.getLogger("megagate.access")
 _SANE_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
@@ -46,7 +43,7 @@ class AccessLogMiddleware:
             scope["headers"] = [(k, v) for k, v in scope["headers"] if k != b"x-request-id"]
             scope["headers"].append((b"x-request-id", request_id))
         started = self.clock()
-        watch, send = watch_response(scope, send, self.clock)
+        watch, send = observe_response(scope, send, self.clock)
 
         def echo_id(headers: Headers) -> Headers:
             return [*((k, v) for k, v in headers if k != b"x-request-id"), (b"x-request-id", request_id)]

@@ -11,42 +11,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-from megagate.asgi import ASGIApp, Receive, Scope, Send, header, send_error
+from megagate.asgi import ASGIApp, Receive, Scope, Send, presented_key, send_error
 from megagate.config import ClientConfig
 from megagate.core.errors import AuthenticationFailed
 from megagate.core.window import SlidingWindow
-from megagate.state import route_format, route_path
-
-CLIENT_KEY = "megagate.client"
-
-
-@dataclass(slots=True)
-class Client:
-    """An authenticated client: its configuration and, when it has limits, its own sliding windows."""
-
-    config: ClientConfig
-    window: SlidingWindow | None  # its rpm/tpm use, when it has limits (ClientLimitsMiddleware counts it)
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-
-def get_client(scope: Scope) -> Client | None:
-    state = scope.get("state")
-    return state.get(CLIENT_KEY) if state else None
-
-
-def presented_key(scope: Scope) -> bytes | None:
-    """The client key of a request: a Bearer token, else `x-api-key` (Anthropic's SDKs), else None."""
-    authorization = header(scope, b"authorization")
-    if authorization is not None:
-        scheme, _, token = authorization.partition(b" ")
-        if scheme.lower() == b"bearer" and token.strip():
-            return token.strip()
-    return header(scope, b"x-api-key")
+from megagate.state import CLIENT_KEY, Client, route_format, route_path
 
 
 class ClientDirectory:

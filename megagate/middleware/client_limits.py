@@ -16,13 +16,11 @@ import anyio
 from megagate.asgi import ASGIApp, Receive, Scope, Send
 from megagate.config import ClientConfig
 from megagate.core.errors import PermissionDenied, RateLimited
-from megagate.middleware.auth import get_client
-from megagate.middleware.rotation import estimate_tokens
-from megagate.state import RequestState, get_state
+from megagate.state import RequestState, get_client, get_state
 
 
 class SharedWindows(Protocol):
-    """Client windows shared by every process (`redis_pool.RedisClientWindows`)."""
+    """Client windows shared by every process (`pool.client_windows.RedisClientWindows`)."""
 
     async def admit(self, name: str, rpm: int | None, tpm: int | None, tokens: int) -> str | float:
         """An entry to settle later, or the seconds to wait before the client may send this request."""
@@ -59,7 +57,7 @@ class ClientLimitsMiddleware:
         if window is None:
             await self.app(scope, receive, send)
             return
-        tokens = estimate_tokens(request, self.default_max_tokens)
+        tokens = request.estimated_tokens(self.default_max_tokens)
         if self.shared is not None:
             await self._shared(client.config, tokens, state, scope, receive, send)
             return

@@ -12,10 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from megagate.asgi import ASGIApp, ClientDisconnected, Receive, Scope, Send, header, read_body, replay_body, send_error
+from megagate.asgi import ASGIApp, Receive, Scope, Send, header, read_body, replay_body, send_error
+from megagate.cancel import Deadline
 from megagate.config import DEFAULT_MODEL
 from megagate.core.anthropic import ANTHROPIC_RULES
-from megagate.core.errors import InvalidRequest, MegagateError
+from megagate.core.errors import ClientDisconnected, InvalidRequest, MegagateError
 from megagate.core.request import (
     EMBEDDINGS_RULES,
     OPENAI_RULES,
@@ -25,7 +26,6 @@ from megagate.core.request import (
     Shape,
     prepare_chat_request,
 )
-from megagate.deadline import Deadline
 from megagate.routing import ENDPOINTS, Endpoint
 from megagate.state import RequestState, route_format, route_path, set_state
 

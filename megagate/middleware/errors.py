@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from megagate.asgi import ASGIApp, ClientDisconnected, Receive, Scope, Send, header, send_error
-from megagate.core.errors import MegagateError, NoKeyAvailable, UpstreamError
-from megagate.middleware.watch import watch_response
+from megagate.asgi import ASGIApp, Receive, Scope, Send, header, observe_response, send_error
+from megagate.core.errors import ClientDisconnected, MegagateError, NoKeyAvailable, UpstreamError
 from megagate.state import get_state, route_format
 
 logger = logging.getLogger("megagate.errors")
@@ -27,7 +26,7 @@ class ErrorsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        watch, send = watch_response(scope, send)
+        watch, send = observe_response(scope, send)
         try:
             await self.app(scope, receive, send)
         except ClientDisconnected:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 
-from megagate.asgi import ASGIApp, Receive, Scope, Send, header, replay_body
+from megagate.asgi import ASGIApp, Headers, Receive, Scope, Send, header, observe_response, replay_body
+from megagate.cancel import Deadline
 from megagate.core.errors import (
     MegagateError,
     NoKeyAvailable,
@@ -23,10 +24,7 @@ from megagate.core.errors import (
 )
 from megagate.core.outcome import classify, fallback_switch
 from megagate.core.stream_relay import stream_error_event
-from megagate.deadline import Deadline
-from megagate.middleware.watch import watch_response
 from megagate.state import RequestState, get_state
-from megagate.upstream import Headers
 
 logger = logging.getLogger("megagate.fallback")
 DEADLINE_HEADER = b"x-megagate-timeout"  # a client may shorten (never lengthen) its request's deadline, in seconds
@@ -67,7 +65,7 @@ class FallbackMiddleware:
             attempts = str(len(state.attempts)).encode()
             return [*headers, (b"x-megagate-model", state.served_model.encode()), (b"x-megagate-attempts", attempts)]
 
-        watch, send = watch_response(scope, send)
+        watch, send = observe_response(scope, send)
         deadline = self._deadline(scope)
         with Deadline(deadline), watch.adding_headers(report):
             await self._try_chain(scope, receive, send, state)

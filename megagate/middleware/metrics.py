@@ -10,11 +10,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from megagate.asgi import ASGIApp, Receive, Scope, Send
-from megagate.middleware.auth import get_client
-from megagate.middleware.watch import watch_response
-from megagate.prometheus import Metrics
-from megagate.state import get_state, route_path
+from megagate.asgi import ASGIApp, Receive, Scope, Send, observe_response
+from megagate.ops.prometheus import Metrics
+from megagate.state import get_client, get_state, route_path
 
 OPERATOR_ROUTES = frozenset({"/metrics", "/healthz", "/readyz", "/admin/keys"})
 
@@ -31,7 +29,7 @@ class MetricsMiddleware:
             return
         metrics = self.metrics
         started = self.clock()
-        watch, send = watch_response(scope, send, self.clock)
+        watch, send = observe_response(scope, send, self.clock)
         counted = route_path(scope) not in OPERATOR_ROUTES  # a scrape or a health check is no request in flight
         if counted:
             metrics.live[id(scope)] = scope

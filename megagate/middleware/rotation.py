@@ -24,18 +24,12 @@ from megagate.core.errors import (
     UpstreamError,
 )
 from megagate.core.outcome import RETRIED_ON_ANOTHER_KEY, Outcome, classify
-from megagate.core.request import ChatRequest, session_of
+from megagate.core.request import session_of
 from megagate.pool import KeyPool
 from megagate.routing import Endpoint, Target
 from megagate.state import Attempt, RequestState, get_state
 
 SESSION_HEADER = b"x-session-id"  # a client's own name for its conversation, for key affinity
-
-
-def estimate_tokens(request: ChatRequest, default_max_tokens: int) -> int:
-    """The prompt's estimate plus the completion budget; real usage corrects it later."""
-    completion = request.max_tokens if request.max_tokens is not None else default_max_tokens
-    return request.prompt_tokens + completion
 
 
 class RotationMiddleware:
@@ -82,7 +76,7 @@ class RotationMiddleware:
         if state is None or pool is None:  # not a prepared request, or an upstream without keys
             await self.app(scope, receive, send)
             return
-        tokens = estimate_tokens(state.request, self.default_max_tokens)
+        tokens = state.request.estimated_tokens(self.default_max_tokens)
         session = self._session(scope, state) if self.affinity else None
         deadline = self.clock() + self.max_wait
         tried: set[str] = set()

@@ -18,8 +18,7 @@ from opentelemetry import trace
 from opentelemetry.propagate import inject
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from megagate.asgi import ASGIApp, Receive, Scope, Send
-from megagate.middleware.watch import watch_response
+from megagate.asgi import ASGIApp, Receive, Scope, Send, observe_response
 from megagate.state import get_state, route_path
 
 Clock = Callable[[], float]
@@ -40,7 +39,7 @@ class TracingMiddleware:
             return
         path = route_path(scope)
         started = self.clock()
-        watch, send = watch_response(scope, send, self.clock)
+        watch, send = observe_response(scope, send, self.clock)
         with self.tracer.start_as_current_span(f"{scope['method']} {path}", kind=SpanKind.SERVER) as span:
             carrier: dict[str, str] = {}
             inject(carrier)  # the upstream request carries this trace (the proxy forwards traceparent)

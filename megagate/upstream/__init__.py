@@ -7,18 +7,18 @@ Both raise only megagate's own `Upstream*` errors, so nothing above this package
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import anyio
+import msgspec
 
+from megagate.asgi import Headers
 from megagate.config import Timeouts as Timeouts  # re-exported: the transports take config's own
-from megagate.core.errors import UpstreamProtocolError, UpstreamTimeout
-
-Headers = list[tuple[bytes, bytes]]
+from megagate.core.errors import UpstreamProtocolError, UpstreamStatus, UpstreamTimeout
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,3 +130,57 @@ def connection_failure(exc: BaseException) -> UpstreamProtocolError:
         return UpstreamProtocolError("the upstream closed the connection")
     root = chain[-1]
     return UpstreamProtocolError(f"upstream connection failed ({type(root).__name__}: {root or 'no detail'})")
+
+
+_upstream_error_decoder = msgspec.json.Decoder(dict[str, Any])
+
+
+def upstream_error(status: int, body: bytes, retry_after: bytes | None, secrets: tuple[str, ...]) -> UpstreamStatus:
+    """An UpstreamStatus carrying the upstream's own message (OpenAI's or Anthropic's envelope), pool keys scrubbed."""
+    message = f"upstream returned HTTP {status}"
+    param = code = None
+    try:
+        decoded = _upstream_error_decoder.decode(body)
+        error = decoded.get("error")
+        if isinstance(error, Mapping):
+            message = str(error.get("message") or message)
+            param, code = error.get("param"), error.get("code")
+        elif isinstance(error, str):
+            message = error
+    except msgspec.DecodeError:
+        text = body[:500].decode("utf-8", "replace").strip()
+        if text:
+            message = f"{message}: {text}"
+    if status in (401, 403):
+        message = f"the upstream refused megagate's key (HTTP {status}): {message}"
+    for secret in secrets:
+        message = message.replace(secret, "[redacted]")
+    failure = UpstreamStatus(status, message, retry_after=parse_retry_after(retry_after))
+    failure.param = param if isinstance(param, str) else None
+    failure.code = code if isinstance(code, str) else None
+    return failure
+
+
+def parse_retry_after(value: bytes | None) -> float | None:
+    """Retry-After in seconds (RFC 9110 §10.2.3 delay-seconds; an HTTP-date is ignored: it needs a clock)."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None
+
+
+def response_header(headers: Headers, name: bytes) -> bytes | None:
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None
+
+
+def base_path_of(origin_url: str) -> bytes:
+    """The path prefix of an upstream base URL (`http://host/openai` serves `/openai/v1/...`)."""
+    after_scheme = origin_url.split("://", 1)[1]
+    slash = after_scheme.find("/")
+    return after_scheme[slash:].rstrip("/").encode() if slash != -1 else b""

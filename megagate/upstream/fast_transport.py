@@ -23,8 +23,9 @@ from typing import Any
 import anyio
 import httptools
 
+from megagate.asgi import Headers
 from megagate.core.errors import UpstreamConnectError, UpstreamError, UpstreamProtocolError, UpstreamTimeout
-from megagate.upstream import Headers, Origin, OriginSlots, Timeouts, connection_failure, read_limited
+from megagate.upstream import Origin, OriginSlots, Timeouts, connection_failure, read_limited
 from megagate.upstream.streams import ByteStream, open_stream
 
 IDLE_EXPIRY = 30.0

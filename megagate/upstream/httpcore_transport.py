@@ -16,12 +16,13 @@ from typing import Any
 import anyio
 import httpcore
 
+from megagate.asgi import Headers
 from megagate.core.errors import (
     UpstreamConnectError,
     UpstreamError,
     UpstreamTimeout,
 )
-from megagate.upstream import Headers, Origin, OriginSlots, Timeouts, connection_failure, read_limited
+from megagate.upstream import Origin, OriginSlots, Timeouts, connection_failure, read_limited
 
 KEEPALIVE_EXPIRY = 60.0
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from megagate.upstream import Headers, Origin, read_limited
+from megagate.asgi import Headers
+from megagate.upstream import Origin, read_limited
 
 HANG = object()  # a body step: wait forever (until cancelled)
 Step = object  # bytes, a float (seconds), an exception, or HANG

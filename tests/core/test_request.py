@@ -140,3 +140,10 @@ def test_unknown_fields_survive_defaults(extra: dict[str, Any]) -> None:
 )
 def test_a_conversation_names_itself_for_affinity(extra: dict[str, Any], session: str | None) -> None:
     assert session_of(prepare({"messages": USER, **extra})) == session
+
+
+def test_token_estimate_is_prompt_over_four_plus_the_completion_budget() -> None:
+    request = prepare_chat_request(b'{"messages":[{"role":"user","content":"hello"}],"max_tokens":100}', DEFAULTS)
+    assert request.estimated_tokens(1024) == request.prompt_bytes // 4 + 100
+    request = prepare_chat_request(b'{"messages":[{"role":"user","content":"hi"}]}', DEFAULTS)
+    assert request.estimated_tokens(500) == request.prompt_bytes // 4 + 500

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
+from megagate.asgi import presented_key
 from megagate.config import ClientConfig
-from megagate.middleware.auth import AuthMiddleware, ClientDirectory, presented_key
+from megagate.middleware.auth import AuthMiddleware, ClientDirectory
 from tests.middleware.asgi_helpers import Recorder, http_scope, receiver
 
 pytestmark = pytest.mark.anyio

@@ -19,7 +19,7 @@ from megagate.middleware.errors import ErrorsMiddleware
 from megagate.middleware.fallback import FallbackMiddleware
 from megagate.middleware.hedging import HedgingMiddleware
 from megagate.middleware.rotation import RotationMiddleware
-from megagate.pool import LocalKeyPool
+from megagate.pool.local import LocalKeyPool
 from megagate.state import get_state
 from tests.middleware.asgi_helpers import Recorder, http_scope, receiver
 

@@ -17,8 +17,8 @@ from megagate.core.errors import (
 )
 from megagate.core.request import OPENAI_RULES, RequestDefaults, prepare_chat_request
 from megagate.middleware.errors import ErrorsMiddleware
-from megagate.middleware.rotation import RotationMiddleware, estimate_tokens
-from megagate.pool import LocalKeyPool
+from megagate.middleware.rotation import RotationMiddleware
+from megagate.pool.local import LocalKeyPool
 from megagate.routing import ENDPOINTS
 from megagate.state import RequestState, get_state, set_state
 from tests.middleware.asgi_helpers import Recorder, http_scope, receiver
@@ -200,10 +200,3 @@ async def test_without_request_state_or_pool_the_request_passes_through() -> Non
         recorder = Recorder()
         await RotationMiddleware(plain, pools=pools)(http_scope("/v1/models", method="GET"), receiver(b""), recorder)
         assert recorder.status == 204
-
-
-def test_token_estimate_is_prompt_over_four_plus_the_completion_budget() -> None:
-    request = prepare_chat_request(BODY, DEFAULTS)
-    assert estimate_tokens(request, 1024) == request.prompt_bytes // 4 + 100
-    request = prepare_chat_request(b'{"messages":[{"role":"user","content":"hi"}]}', DEFAULTS)
-    assert estimate_tokens(request, 500) == request.prompt_bytes // 4 + 500

@@ -25,13 +25,10 @@ from urllib.parse import unquote, urlsplit
 
 import anyio
 
+from megagate.core.errors import RedisError
 from megagate.upstream.streams import ByteStream, open_stream
 
 Reply = Any  # bytes, int, None, or a list of replies (an error inside an array stays an exception object)
-
-
-class RedisError(Exception):
-    """Redis could not be reached or answered in a way this client cannot read."""
 
 
 class ReplyError(RedisError):

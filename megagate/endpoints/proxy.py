@@ -10,12 +10,10 @@ silently and never with a hang.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
 
-import msgspec
-
-from megagate.asgi import Receive, Scope, Send, header, send_json
+from megagate.asgi import Headers, Receive, Scope, Send, header, send_json
+from megagate.cancel import CancelOnDisconnect
 from megagate.config import Config
 from megagate.core.errors import (
     Format,
@@ -26,11 +24,18 @@ from megagate.core.errors import (
     UpstreamTimeout,
 )
 from megagate.core.stream_relay import usage_of
-from megagate.disconnect import CancelOnDisconnect
-from megagate.relay import SSE_HEADERS, Plan, make_plan, relay_stream, stream_relay, told_headers, translate_plain
+from megagate.endpoints.relay import (
+    SSE_HEADERS,
+    Plan,
+    make_plan,
+    relay_stream,
+    stream_relay,
+    told_headers,
+    translate_plain,
+)
 from megagate.routing import auth_headers, choose
 from megagate.state import RequestState, get_state
-from megagate.upstream import Headers, Origin, Transport
+from megagate.upstream import Origin, Transport, base_path_of, response_header, upstream_error
 
 MAX_PLAIN_BODY = 64 * 1024 * 1024
 MAX_ERROR_BODY = 64 * 1024
@@ -38,52 +43,6 @@ MAX_ERROR_BODY = 64 * 1024
 FORWARDED_HEADERS = frozenset({b"accept", b"user-agent", b"x-request-id", b"traceparent", b"tracestate"})
 # x-request-id is megagate's own (see AccessLogMiddleware); the upstream's ids stay useful for its support.
 KEPT_RESPONSE_HEADERS = frozenset({b"openai-processing-ms", b"request-id"})
-
-_upstream_error_decoder = msgspec.json.Decoder(dict[str, Any])
-
-
-def upstream_error(status: int, body: bytes, retry_after: bytes | None, secrets: tuple[str, ...]) -> UpstreamStatus:
-    """An UpstreamStatus carrying the upstream's own message (OpenAI's or Anthropic's envelope), pool keys scrubbed."""
-    message = f"upstream returned HTTP {status}"
-    param = code = None
-    try:
-        decoded = _upstream_error_decoder.decode(body)
-        error = decoded.get("error")
-        if isinstance(error, Mapping):
-            message = str(error.get("message") or message)
-            param, code = error.get("param"), error.get("code")
-        elif isinstance(error, str):
-            message = error
-    except msgspec.DecodeError:
-        text = body[:500].decode("utf-8", "replace").strip()
-        if text:
-            message = f"{message}: {text}"
-    if status in (401, 403):
-        message = f"the upstream refused megagate's key (HTTP {status}): {message}"
-    for secret in secrets:
-        message = message.replace(secret, "[redacted]")
-    failure = UpstreamStatus(status, message, retry_after=parse_retry_after(retry_after))
-    failure.param = param if isinstance(param, str) else None
-    failure.code = code if isinstance(code, str) else None
-    return failure
-
-
-def parse_retry_after(value: bytes | None) -> float | None:
-    """Retry-After in seconds (RFC 9110 §10.2.3 delay-seconds; an HTTP-date is ignored: it needs a clock)."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    return seconds if seconds >= 0 else None
-
-
-def _response_header(headers: Headers, name: bytes) -> bytes | None:
-    for key, value in headers:
-        if key.lower() == name:
-            return value
-    return None
 
 
 class UpstreamProxy:
@@ -143,9 +102,9 @@ class UpstreamProxy:
     ) -> None:
         async with self.transport.stream(b"POST", origin, target, headers, plan.body) as response:
             if response.status >= 400:
-                retry_after = _response_header(response.headers, b"retry-after")
+                retry_after = response_header(response.headers, b"retry-after")
                 raise upstream_error(response.status, await response.read(MAX_ERROR_BODY), retry_after, secrets)
-            content_type = _response_header(response.headers, b"content-type") or b""
+            content_type = response_header(response.headers, b"content-type") or b""
             if content_type.startswith(b"text/event-stream"):
 
                 def error_for(data: bytes) -> UpstreamStatus:
@@ -188,10 +147,3 @@ class UpstreamProxy:
         headers = [(b"content-type", b"application/json")]
         headers.extend((k, v) for k, v in upstream if k.lower() in KEPT_RESPONSE_HEADERS)
         return headers
-
-
-def base_path_of(origin_url: str) -> bytes:
-    """The path prefix of an upstream base URL (`http://host/openai` serves `/openai/v1/...`)."""
-    after_scheme = origin_url.split("://", 1)[1]
-    slash = after_scheme.find("/")
-    return after_scheme[slash:].rstrip("/").encode() if slash != -1 else b""

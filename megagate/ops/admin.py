@@ -10,9 +10,8 @@ from collections.abc import Mapping
 
 import msgspec
 
-from megagate.asgi import Receive, Scope, Send, send_error, send_json
+from megagate.asgi import Receive, Scope, Send, presented_key, send_error, send_json
 from megagate.core.errors import AuthenticationFailed
-from megagate.middleware.auth import presented_key
 from megagate.pool import KeyPool, KeyReport
 
 

@@ -1,7 +1,7 @@
 """A MegaLLM stand-in for tests, demos and benchmarks: `python -m megagate.fake --port P`.
 
-Speaks the OpenAI chat format (plain and SSE), Anthropic's `/v1/messages` (see `fake_anthropic`), the Responses
-API and embeddings (see `fake_responses`) and `/v1/models`,
+Speaks the OpenAI chat format (plain and SSE), Anthropic's `/v1/messages` (see `fake/anthropic.py`), the Responses
+API and embeddings (see `fake/responses.py`) and `/v1/models`,
 with a configurable time to first token, tokens per
 second and answer length. Faults are scripted per request, either in an `x-fake-fault` header (a JSON `Fault`) or
 by rules posted to `/_fake/rules` that match on model, key and path (how tests script an upstream behind the
@@ -10,7 +10,6 @@ gateway). Every request is recorded (path, key, headers, body) and served at `GE
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
 import itertools
 import time
@@ -20,7 +19,6 @@ from typing import Any
 import anyio
 import msgspec
 
-from megagate import fake_anthropic, fake_responses
 from megagate.asgi import read_body
 from megagate.core.schemas import (
     ChatCompletion,
@@ -35,6 +33,8 @@ from megagate.core.schemas import (
     ToolCall,
     Usage,
 )
+from megagate.fake import anthropic as fake_anthropic
+from megagate.fake import responses as fake_responses
 
 WORDS = [
     "megagate",
@@ -360,21 +360,3 @@ async def _send_error(send: Any, status: int, message: str, extra: list[tuple[by
     kind = {401: "authentication_error", 429: "rate_limit_error", 400: "invalid_request_error"}.get(status, "api_error")
     body = _encoder.encode({"error": {"message": message, "type": kind, "param": None, "code": None}})
     await _send_json(send, status, body, extra)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m megagate.fake", description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9100)
-    parser.add_argument("--ttft", type=float, default=0.0, help="seconds before the first token")
-    parser.add_argument("--tps", type=float, default=0.0, help="tokens per second in streams (0: as fast as possible)")
-    parser.add_argument("--length", type=int, default=len(WORDS), help="words per answer")
-    args = parser.parse_args(argv)
-    from megagate.serve import serve_apps
-
-    fake = FakeUpstream(ttft=args.ttft, tokens_per_second=args.tps, length=args.length)
-    serve_apps([(fake, args.host, args.port)])
-
-
-if __name__ == "__main__":
-    main()

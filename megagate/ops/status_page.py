@@ -20,8 +20,8 @@ from urllib.parse import parse_qs
 from megagate import __version__
 from megagate.asgi import Receive, Scope, Send, header, read_body
 from megagate.config import Config
+from megagate.ops.prometheus import Metrics
 from megagate.pool import KeyPool, KeyReport
-from megagate.prometheus import Metrics
 
 COOKIE = b"megagate_admin"
 REFRESH_SECONDS = 5

@@ -16,10 +16,9 @@ from megagate.core.errors import Format, MegagateError, NoKeyAvailable, NotFound
 from megagate.core.outcome import Outcome, classify
 from megagate.core.schemas import Model, ModelList, model_list_decoder
 from megagate.pool import KeyPool
-from megagate.proxy import base_path_of, upstream_error
 from megagate.routing import ENDPOINTS, auth_headers, choose
 from megagate.state import route_path
-from megagate.upstream import Origin, Transport
+from megagate.upstream import Origin, Transport, base_path_of, upstream_error
 
 logger = logging.getLogger("megagate.models")
 _encoder = msgspec.json.Encoder()

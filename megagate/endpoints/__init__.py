@@ -1,0 +1,1 @@
+"""The client-facing routes: the upstream proxy and its relay, token counts, the model list."""
