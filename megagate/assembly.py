@@ -41,7 +41,7 @@ from megagate.ops.reload import Reloadable, ReloadEndpoint
 from megagate.ops.status_page import StatusPage
 from megagate.pool import KeyPool
 from megagate.routing import ENDPOINTS, Routes
-from megagate.state import route_format
+from megagate.state import route_of
 from megagate.upstream import Transport
 from megagate.upstream.fast_transport import FastTransport
 
@@ -92,7 +92,7 @@ class AllowMethods:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] not in self.methods:
             error = InvalidRequest(f"Method {scope['method']} is not allowed here.", status=405)
-            await send_error(send, error, route_format(scope))
+            await send_error(send, error, route_of(scope).format)
             return
         await self.endpoint(scope, receive, send)
 
@@ -116,14 +116,14 @@ class Readiness:
 
 async def not_found(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] == "http":
-        await send_error(send, NotFound(f"Unknown route {scope['path']}."), route_format(scope))
+        await send_error(send, NotFound(f"Unknown route {scope['path']}."), route_of(scope).format)
 
 
 def build_router(config: Config, res: Resources) -> Router:
     """The routes: each client endpoint (`routing.ENDPOINTS`) to the app serving its operation, then the model list
     and the operator routes."""
     proxy = UpstreamProxy(config=config, transport=res.transport)
-    count_tokens = CountTokensEndpoint(proxy, config=config)
+    count_tokens = CountTokensEndpoint(proxy)
     serving: dict[str, ASGIApp] = {"chat": proxy, "embeddings": proxy, "count_tokens": count_tokens}
     models = ModelsEndpoint(config=config, transport=res.transport, pools=res.pools, clock=res.clock)
     routes = [Route(path, AllowMethods(("POST",), serving[e.operation])) for path, e in ENDPOINTS.items()]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import shlex
 import sys
 import time
 from functools import partial
@@ -61,6 +62,13 @@ def serve(args: argparse.Namespace) -> int:
     return run(config)
 
 
+def demo_curl(port: int, body: bytes) -> str:
+    """The curl command that sends `body` as the demo does, ready to paste into a shell (JSON content type: curl's
+    `-d` alone says form-urlencoded, which megagate refuses with a 400)."""
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    return f"curl -N {url} -H 'Content-Type: application/json' -d {shlex.quote(body.decode())}"
+
+
 async def _stream_demo(port: int) -> None:
     from megagate.core.sse import SSEDecoder
     from megagate.upstream import Origin, Timeouts
@@ -69,7 +77,7 @@ async def _stream_demo(port: int) -> None:
     transport = FastTransport(timeouts=Timeouts())
     body = msgspec.json.encode({"messages": [{"role": "user", "content": DEMO_PROMPT}], "stream": True})
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    print(f'$ curl -N http://127.0.0.1:{port}/v1/chat/completions -d \'{{"messages": [...], "stream": true}}\'')
+    print(f"$ {demo_curl(port, body)}")
     print("(no model given: megagate fills openai-gpt-oss-120b; no key given: megagate holds the pool)\n")
     decoder = SSEDecoder()
     started, events = time.monotonic(), 0

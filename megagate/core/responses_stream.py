@@ -69,17 +69,15 @@ class ChatToResponsesStream:
         return response_object(self.id, self.model, self.created, output, status, usage)
 
     def feed(self, data: bytes) -> bytes:
-        if data.strip() == b"[DONE]":
+        return self.feed_chunk(None if data.strip() == b"[DONE]" else _chunk_decoder.decode(data))
+
+    def feed_chunk(self, chunk: ChatCompletionChunk | None) -> bytes:
+        """One chat chunk, already decoded (None: `[DONE]`); the Responses events it makes, each encoded once."""
+        if chunk is None:
             return self.finish()
-        chunk = _chunk_decoder.decode(data)
         out: list[bytes] = []
         if not self.started:
-            self.started = True
-            self.id = f"resp_{chunk.id}" if chunk.id else self.id
-            self.model = chunk.model or self.model
-            response = self._response("in_progress")
-            out += [self._event("response.created", response=response),
-                    self._event("response.in_progress", response=response)]  # fmt: skip
+            self._start(chunk.id, chunk.model, out)
         if chunk.usage is not None:
             self.usage = chunk.usage
         for choice in chunk.choices:
@@ -93,6 +91,15 @@ class ChatToResponsesStream:
             if choice.finish_reason == "length":
                 self.incomplete = True
         return b"".join(out)
+
+    def _start(self, chunk_id: str | None, model: str | None, out: list[bytes]) -> None:
+        """`response.created` and `response.in_progress`: a Responses stream always opens with them."""
+        self.started = True
+        self.id = f"resp_{chunk_id}" if chunk_id else self.id
+        self.model = model or self.model
+        response = self._response("in_progress")
+        out += [self._event("response.created", response=response),
+                self._event("response.in_progress", response=response)]  # fmt: skip
 
     def _next_index(self) -> int:
         return len(self.done) + (self.text is not None) + len(self.open_calls)
@@ -170,6 +177,8 @@ class ChatToResponsesStream:
             return b""
         self.finished = True
         out: list[bytes] = []
+        if not self.started:  # an upstream that ended at once (`[DONE]` first) still gets a whole response
+            self._start(None, None, out)
         self._close_text(out)
         self._close_calls(out)
         status = "incomplete" if self.incomplete else "completed"

@@ -25,10 +25,10 @@ import msgspec
 from megagate.core import anthropic
 from megagate.core.errors import Format, MegagateError, UpstreamError, UpstreamProtocolError, render_error
 from megagate.core.responses import response_object
-from megagate.core.responses_stream import failed_response, responses_event
+from megagate.core.responses_stream import ChatToResponsesStream, failed_response, responses_event
 from megagate.core.schemas import Usage, read_usage
 from megagate.core.sse import ServerSentEvent, SSEDecoder
-from megagate.core.translate_stream import DONE
+from megagate.core.translate_stream import DONE, AnthropicToOpenAIStream
 
 HELD_LIMIT = 64 * 1024  # comment bytes kept for the first event; keep-alives past it carry nothing worth keeping
 
@@ -46,21 +46,20 @@ class StreamTranslator(Protocol):
         ...
 
 
-class ChainedStream:
-    """Two translators in a row (Anthropic → chat → Responses): the first's events are decoded and fed on."""
+class AnthropicToResponsesStream:
+    """Anthropic events → chat chunks → Responses events, chained on structs: each upstream event is decoded once
+    (by the first translator), each chat chunk passes on as a struct, each Responses event is encoded once."""
 
-    def __init__(self, first: StreamTranslator, second: StreamTranslator) -> None:
+    def __init__(self, first: AnthropicToOpenAIStream, second: ChatToResponsesStream) -> None:
         self.first = first
         self.second = second
-        self.decoder = SSEDecoder()
 
     @property
     def finished(self) -> bool:
         return self.second.finished
 
     def feed(self, data: bytes) -> bytes:
-        _, events = self.decoder.receive_data(self.first.feed(data))
-        return b"".join(self.second.feed(event.data) for event in events if event.data)
+        return b"".join(self.second.feed_chunk(chunk) for chunk in self.first.events(data))
 
     def fail(self, error: MegagateError) -> bytes | None:
         return self.second.fail(error)
@@ -74,14 +73,53 @@ class Output:
     error: UpstreamError | None = None  # the upstream failed; before the start, raise it (nothing was sent)
 
 
-def stream_error_event(error: MegagateError, fmt: Format) -> bytes:
+class _ResponseId(msgspec.Struct):
+    id: str | None = None
+    model: str | None = None
+    created_at: int | None = None
+
+
+class _ResponsesEventView(msgspec.Struct):
+    sequence_number: int | None = None
+    response: _ResponseId | None = None
+
+
+_responses_event_view = msgspec.json.Decoder(_ResponsesEventView)
+
+
+class ResponsesTrail:
+    """What a Responses stream relayed untranslated has said about itself (its response's id, model and creation
+    time, the last sequence number), so that megagate's own `response.failed` continues it instead of starting
+    another response. Only a same-format Responses stream pays for it: a small view decoded per event."""
+
+    def __init__(self) -> None:
+        self.id = "resp_megagate"
+        self.model = ""
+        self.created = 0
+        self.next_sequence = 0
+
+    def see(self, data: bytes) -> None:
+        try:
+            view = _responses_event_view.decode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return
+        if view.sequence_number is not None:
+            self.next_sequence = view.sequence_number + 1
+        if view.response is not None:
+            self.id = view.response.id or self.id
+            self.model = view.response.model or self.model
+            self.created = view.response.created_at or self.created
+
+
+def stream_error_event(error: MegagateError, fmt: Format, trail: ResponsesTrail | None = None) -> bytes:
     """A final SSE error event in the client's format (OpenAI's then `[DONE]`; the Responses API's
-    `response.failed`), to end a stream that failed."""
+    `response.failed`, continuing the response `trail` has seen), to end a stream that failed."""
     if fmt == "anthropic":
         return b"event: error\ndata: " + render_error(error, "anthropic") + b"\n\n"
     if fmt == "responses":
-        response = failed_response(error, response_object("resp_megagate", "", 0, [], "failed", None))
-        return responses_event("response.failed", {"sequence_number": 0, "response": response})
+        trail = trail or ResponsesTrail()
+        response = failed_response(error, response_object(trail.id, trail.model, trail.created, [], "failed", None))
+        return responses_event("response.failed", {"sequence_number": trail.next_sequence, "response": response})
     return b"data: " + render_error(error) + b"\n\n" + DONE
 
 
@@ -134,6 +172,8 @@ class StreamRelay:
         self.ended = False
         self.usage: Usage | None = None
         self.held = b""  # bytes before the first event (comments, keep-alives), up to HELD_LIMIT
+        # a Responses stream relayed as it came: what it said of itself, for our terminal event
+        self.trail = ResponsesTrail() if translator is None and client == "responses" else None
 
     def receive_data(self, chunk: bytes) -> Output:
         """Feed upstream bytes (b"" at the end of input); get what to do."""
@@ -180,6 +220,9 @@ class StreamRelay:
                 return b"", self.error_for(events[0].data)
             if not self.started:
                 complete, self.held = self.held + complete, b""
+            if self.trail is not None:
+                for event in events:
+                    self.trail.see(event.data)
             # an error event after the start ends the stream too: the client has been told, in the upstream's words
             upstream = self.upstream
             last = events[-1]  # the hot path: one event per chunk, the end (if any) last
@@ -215,4 +258,4 @@ class StreamRelay:
         # Bytes already reached the client: it cannot be retried, so end it visibly, never as a success.
         self.ended = True
         ending = self.translator.fail(failure) if self.translator is not None else None
-        return Output(ending or stream_error_event(failure, self.client), ended=True, error=failure)
+        return Output(ending or stream_error_event(failure, self.client, self.trail), ended=True, error=failure)

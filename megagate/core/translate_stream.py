@@ -109,9 +109,13 @@ class OpenAIToAnthropicStream:
 
 
 class AnthropicToOpenAIStream:
-    """Feed the `data` of each Anthropic event; get OpenAI chunks, then `[DONE]` after `message_stop`."""
+    """Feed the `data` of each Anthropic event; get OpenAI chunks, then `[DONE]` after `message_stop`.
 
-    def __init__(self, model: str, created: int, *, include_usage: bool) -> None:
+    `events(data)` gives the chunks as structs (None standing for `[DONE]`), for a translator further down the chain
+    (`core.responses_stream`) to read without encoding and decoding them again; `feed(data)` encodes them. The usage
+    chunk is always among the events; it is encoded only when the client asked for it (`include_usage`)."""
+
+    def __init__(self, model: str, created: int, *, include_usage: bool = False) -> None:
         self.id = "chatcmpl-megagate"
         self.model = model
         self.created = created
@@ -120,55 +124,60 @@ class AnthropicToOpenAIStream:
         self.usage = Usage()
         self.finished = False
 
-    def _chunk(self, delta: Delta, finish: str | None = None, usage: Usage | None = None) -> bytes:
+    def _chunk(self, delta: Delta, finish: str | None = None, usage: Usage | None = None) -> ChatCompletionChunk:
         choices = [] if usage is not None else [ChunkChoice(0, delta, finish)]
-        chunk = ChatCompletionChunk(self.id, self.created, self.model, choices, usage)
-        return b"data: " + _encoder.encode(chunk) + b"\n\n"
+        return ChatCompletionChunk(self.id, self.created, self.model, choices, usage)
 
     def feed(self, data: bytes) -> bytes:
+        return b"".join(
+            DONE if chunk is None else b"data: " + _encoder.encode(chunk) + b"\n\n"
+            for chunk in self.events(data)
+            if chunk is None or chunk.usage is None or self.include_usage
+        )
+
+    def events(self, data: bytes) -> list[ChatCompletionChunk | None]:
         event = anthropic.event_decoder.decode(data)
         kind = event.type
         if kind == "message_start" and event.message is not None:
             self.id, self.model = event.message.id, event.message.model or self.model
             self.usage.prompt_tokens = event.message.usage.input_tokens
             self.usage.completion_tokens = event.message.usage.output_tokens
-            return self._chunk(Delta(role="assistant", content=""))
+            return [self._chunk(Delta(role="assistant", content=""))]
         if kind == "content_block_start" and event.content_block is not None:
             block = event.content_block
             if block.type == "tool_use":
                 call_index = self.tool_calls[event.index or 0] = len(self.tool_calls)
                 call = ToolCall(id=block.id, type="function", function=FunctionCall(block.name, ""), index=call_index)
-                return self._chunk(Delta(tool_calls=[call]))
+                return [self._chunk(Delta(tool_calls=[call]))]
             if block.type == "text" and block.text:
-                return self._chunk(Delta(content=block.text))
-            return b""
+                return [self._chunk(Delta(content=block.text))]
+            return []
         if kind == "content_block_delta" and event.delta is not None:
             delta = event.delta
             if delta.type == "text_delta" and delta.text:
-                return self._chunk(Delta(content=delta.text))
+                return [self._chunk(Delta(content=delta.text))]
             if delta.type == "input_json_delta" and delta.partial_json and (event.index or 0) in self.tool_calls:
                 call = ToolCall(
                     function=FunctionCall(arguments=delta.partial_json), index=self.tool_calls[event.index or 0]
                 )
-                return self._chunk(Delta(tool_calls=[call]))
-            return b""  # thinking and signature deltas have no OpenAI counterpart
+                return [self._chunk(Delta(tool_calls=[call]))]
+            return []  # thinking and signature deltas have no OpenAI counterpart
         if kind == "message_delta":
             if event.usage is not None:
                 self.usage.completion_tokens = event.usage.output_tokens
                 self.usage.prompt_tokens = event.usage.input_tokens or self.usage.prompt_tokens
             reason = event.delta.stop_reason if event.delta is not None else None
-            return self._chunk(Delta(), STOP_TO_FINISH.get(reason or "end_turn", "stop"))
+            return [self._chunk(Delta(), STOP_TO_FINISH.get(reason or "end_turn", "stop"))]
         if kind == "message_stop":
-            return self.finish()
-        return b""  # ping, and events this translator does not know
+            return self._finish()
+        return []  # ping, and events this translator does not know
 
     def fail(self, error: MegagateError) -> bytes | None:
         return None  # OpenAI's generic error chunk and `[DONE]` say it
 
-    def finish(self) -> bytes:
+    def _finish(self) -> list[ChatCompletionChunk | None]:
         if self.finished:
-            return b""
+            return []
         self.finished = True
         self.usage.total_tokens = self.usage.prompt_tokens + self.usage.completion_tokens
-        usage = self._chunk(Delta(), usage=self.usage) if self.include_usage else b""
-        return usage + DONE
+        return [self._chunk(Delta(), usage=self.usage), None]

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import msgspec
 
-from megagate.asgi import ASGIApp, Receive, Scope, Send, send_json
-from megagate.config import Config
+from megagate.asgi import ASGIApp, Receive, Scope, Send
 from megagate.core.errors import InvalidRequest, UpstreamStatus
-from megagate.routing import choose
+from megagate.endpoints.relay import Relay
 from megagate.state import RequestState, get_state
 
 # An upstream without the route: answered here instead.
@@ -27,17 +26,17 @@ class _Count(msgspec.Struct):
 
 
 class CountTokensEndpoint:
-    """Count with `proxy` (an UpstreamProxy) where an upstream can, estimate locally where none can."""
+    """Count with `proxy` (an UpstreamProxy) where an upstream can, estimate locally where none can: the target is
+    RotationMiddleware's (`state.target`), None when no Anthropic-format upstream serves the model."""
 
-    def __init__(self, proxy: ASGIApp, *, config: Config) -> None:
+    def __init__(self, proxy: ASGIApp) -> None:
         self.proxy = proxy
-        self.config = config
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = get_state(scope)
         if state is None:
             raise InvalidRequest("This route expects a JSON request (no request state was prepared).")
-        if (state.target or choose(self.config, state.request.model, state.endpoint)) is None:
+        if state.target is None:
             await _answer_locally(state, send, "no_upstream")
             return
         try:
@@ -50,6 +49,6 @@ class CountTokensEndpoint:
 
 async def _answer_locally(state: RequestState, send: Send, reason: str) -> None:
     state.local_answer = reason
-    state.response_started = True
+    answer = state.answer = Relay(send)
     body = _encoder.encode(_Count(state.request.prompt_tokens))
-    await send_json(send, 200, body, [(b"content-type", b"application/json"), (b"x-megagate-estimate", b"true")])
+    await answer.plain(200, body, [(b"content-type", b"application/json"), (b"x-megagate-estimate", b"true")], None)

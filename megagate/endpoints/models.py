@@ -17,7 +17,7 @@ from megagate.core.outcome import Outcome, classify
 from megagate.core.schemas import Model, ModelList, model_list_decoder
 from megagate.pool import KeyPool
 from megagate.routing import ENDPOINTS, auth_headers, choose
-from megagate.state import route_path
+from megagate.state import route_of
 from megagate.upstream import Origin, Transport, base_path_of, upstream_error
 
 logger = logging.getLogger("megagate.models")
@@ -59,7 +59,7 @@ class ModelsEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         models = await self.models()
-        path = route_path(scope).rstrip("/")
+        path = route_of(scope).path.rstrip("/")
         anthropic = header(scope, b"anthropic-version") is not None
         if path == "/v1/models":
             listed = _anthropic_list(models) if anthropic else ModelList(models)

@@ -12,30 +12,20 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from megagate.asgi import Headers, Receive, Scope, Send, header, send_json
+from megagate.asgi import Headers, Receive, Scope, Send, header
 from megagate.cancel import CancelOnDisconnect
 from megagate.config import Config
 from megagate.core.errors import (
     Format,
     InvalidRequest,
     NotFound,
-    UpstreamError,
     UpstreamStatus,
-    UpstreamTimeout,
 )
 from megagate.core.stream_relay import usage_of
-from megagate.endpoints.relay import (
-    SSE_HEADERS,
-    Plan,
-    make_plan,
-    relay_stream,
-    stream_relay,
-    told_headers,
-    translate_plain,
-)
-from megagate.routing import auth_headers, choose
+from megagate.endpoints.relay import SSE_HEADERS, Plan, Relay, make_plan, stream_for, told_headers, translate_plain
+from megagate.routing import Endpoint, Target, auth_headers
 from megagate.state import RequestState, get_state
-from megagate.upstream import Origin, Transport, base_path_of, response_header, upstream_error
+from megagate.upstream import Origin, Transport, base_path_of, first_byte_timeout, response_header, upstream_error
 
 MAX_PLAIN_BODY = 64 * 1024 * 1024
 MAX_ERROR_BODY = 64 * 1024
@@ -46,18 +36,23 @@ KEPT_RESPONSE_HEADERS = frozenset({b"openai-processing-ms", b"request-id"})
 
 
 class UpstreamProxy:
-    """Relay a prepared request (see `RequestState`) to the target its attempt was given (`state.target`, chosen
-    by RotationMiddleware; on its own, without rotation, the proxy asks `routing.choose` itself)."""
+    """Relay a prepared request (see `RequestState`) to the target its attempt was given.
+
+    The target is RotationMiddleware's decision (`state.target`, from `routing.choose`); the proxy only reads it. A
+    proxy embedded without rotation is given `route` (e.g. `routing.Routes(config)`) and then decides the target
+    itself, as the one writer of `state.target` in that stack. Without either, a request has no target: 404."""
 
     def __init__(
         self,
         *,
         config: Config,
         transport: Transport,
+        route: Callable[[str, Endpoint], Target | None] | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.transport = transport
+        self.route = route
         self.wall_clock = wall_clock
         self._origins = {u.name: (Origin.from_url(u.origin_url), base_path_of(u.origin_url)) for u in config.upstreams}
 
@@ -65,7 +60,9 @@ class UpstreamProxy:
         state = get_state(scope)
         if state is None:
             raise InvalidRequest("This route expects a JSON request (no request state was prepared).")
-        target = state.target or choose(self.config, state.request.model, state.endpoint)
+        if self.route is not None:
+            state.target = self.route(state.request.model, state.endpoint)
+        target = state.target
         if target is None:
             raise NotFound(
                 f"The model '{state.request.model}' is not served by any configured upstream.", param="model"
@@ -78,27 +75,28 @@ class UpstreamProxy:
         headers.append((b"content-length", str(len(plan.body)).encode()))
         secrets = (key,) if key else ()
         # The client leaving cancels the upstream call at once, not at the next send. The same watch carries the
-        # first-byte timeout until the first event is relayed (the transport's own bounds only the headers): a
-        # stream whose headers come at once but whose first event never does is a timeout. A plain answer needs no
-        # deadline: the transport bounds the wait for its headers. One watch, not two scopes: each costs.
+        # first-byte deadline until the answer starts (the transport's own bounds only the headers): a stream
+        # whose headers come at once but whose first event never does is a timeout. A plain answer needs no
+        # deadline here: the transport bounds the wait for its whole body. One watch, not two scopes: each costs.
         first_byte = self.config.timeouts.first_byte
-        async with CancelOnDisconnect(receive) as watch:
+        async with CancelOnDisconnect(receive) as disconnect:
+            answer = state.answer = Relay(send, on_start=disconnect.no_expiry)
             if state.request.stream:
-                watch.expire_after(first_byte)
-            await self._exchange(state, plan, watch, origin, base_path + plan.path, headers, secrets, send)
-        if watch.expired and not watch.disconnected:
-            raise UpstreamTimeout(f"upstream sent no first event within the first-byte timeout ({first_byte:g} s)")
+                disconnect.expire_after(first_byte)
+            await self._exchange(state, plan, answer, disconnect, origin, base_path + plan.path, headers, secrets)
+        if disconnect.expired and not disconnect.disconnected:
+            raise first_byte_timeout(first_byte, "first event")
 
     async def _exchange(
         self,
         state: RequestState,
         plan: Plan,
-        watch: CancelOnDisconnect,
+        answer: Relay,
+        disconnect: CancelOnDisconnect,
         origin: Origin,
         target: bytes,
         headers: Headers,
         secrets: tuple[str, ...],
-        send: Send,
     ) -> None:
         async with self.transport.stream(b"POST", origin, target, headers, plan.body) as response:
             if response.status >= 400:
@@ -110,27 +108,15 @@ class UpstreamProxy:
                 def error_for(data: bytes) -> UpstreamStatus:
                     return upstream_error(502, data, None, secrets)
 
-                def on_start() -> None:  # the first event is out: the first-byte timeout is over, nothing retries
-                    watch.no_expiry()
-                    state.response_started = True
-
-                def on_failure(error: UpstreamError) -> None:
-                    state.stream_failure = error.message
-
-                relay = stream_relay(state, plan, error_for)
-                headers = SSE_HEADERS + told_headers(plan)
-                try:
-                    await relay_stream(relay, response.aiter_bytes(), send, on_start, headers, on_failure)
-                finally:
-                    state.usage = relay.usage
+                stream = stream_for(state, plan, error_for)
+                await answer.relay(stream, response.aiter_bytes(), SSE_HEADERS + told_headers(plan))
                 return
-            watch.no_expiry()
+            disconnect.no_expiry()  # a plain answer's whole body is the transport's to bound
             payload = await response.read(MAX_PLAIN_BODY)
-            state.usage = usage_of(payload, plan.upstream)
+            usage = usage_of(payload, plan.upstream)
             payload = translate_plain(payload, plan)
-            state.response_started = True
             headers = self._response_headers(response.headers) + told_headers(plan)
-            await send_json(send, response.status, payload, headers)
+            await answer.plain(response.status, payload, headers, usage)
 
     @staticmethod
     def _headers(scope: Scope, key: str | None, upstream: Format, client: Format) -> Headers:

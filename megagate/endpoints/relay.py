@@ -13,16 +13,12 @@ from typing import Any
 
 import msgspec
 
-from megagate.asgi import Send
-from megagate.core.errors import (
-    Format,
-    InvalidRequest,
-    UpstreamError,
-    UpstreamProtocolError,
-)
+from megagate.asgi import Headers, Send, send_json
+from megagate.core.errors import Format, InvalidRequest, UpstreamError, UpstreamProtocolError
 from megagate.core.responses import ToolName, chat_to_responses_answer, responses_to_chat_request
 from megagate.core.responses_stream import ChatToResponsesStream
-from megagate.core.stream_relay import ChainedStream, StreamRelay, StreamTranslator
+from megagate.core.schemas import Usage
+from megagate.core.stream_relay import AnthropicToResponsesStream, StreamRelay, StreamTranslator
 from megagate.core.translate import (
     anthropic_to_openai_request,
     anthropic_to_openai_response,
@@ -111,8 +107,9 @@ def told_headers(plan: Plan) -> list[tuple[bytes, bytes]]:
     return [(DROPPED_TOOLS_HEADER, ", ".join(plan.dropped_tools).encode())] if plan.dropped_tools else []
 
 
-def stream_relay(state: RequestState, plan: Plan, error_for: Callable[[bytes], UpstreamError]) -> StreamRelay:
-    """The relay for this plan: a translator when the formats differ, none (raw event bytes) when they match."""
+def stream_for(state: RequestState, plan: Plan, error_for: Callable[[bytes], UpstreamError]) -> StreamRelay:
+    """The sans-I/O relay of this plan's stream: a translator when the formats differ, none (the upstream's event
+    bytes as they came) when they match. `error_for(data)` builds the error an upstream error event stands for."""
     return StreamRelay(plan.client, plan.upstream, _translator(state, plan), error_for)
 
 
@@ -126,39 +123,76 @@ def _translator(state: RequestState, plan: Plan) -> StreamTranslator | None:
         responses = ChatToResponsesStream(model, plan.created, plan.tools)
         if plan.upstream == "openai":
             return responses
-        return ChainedStream(AnthropicToOpenAIStream(model, plan.created, include_usage=True), responses)
+        return AnthropicToResponsesStream(AnthropicToOpenAIStream(model, plan.created), responses)
     options = state.request.fields.get("stream_options")
     include = msgspec.json.decode(options, type=_IncludeUsage).include_usage if options else False
     return AnthropicToOpenAIStream(model, plan.created, include_usage=include)
 
 
-async def relay_stream(
-    relay: StreamRelay,
-    chunks: AsyncIterator[bytes],
-    send: Send,
-    on_start: Callable[[], None],
-    headers: list[tuple[bytes, bytes]] = SSE_HEADERS,
-    on_failure: Callable[[UpstreamError], None] = lambda error: None,
-) -> None:
-    """Relay an SSE answer through `relay`. A failure before the first event is raised (the layers outside may
-    retry or fall back); `on_start()` is called just before the first event's headers go out, `on_failure(error)`
-    when a stream that had started is ended by our error event."""
-    iterator = aiter(chunks)
-    done = False
-    while not done:
+class Relay:
+    """What the client is sent for one attempt, plain or streamed (the `state.ClientAnswer` of the request): the one
+    writer of whether the answer has started, of its usage, and of the terminal event of a stream that breaks after
+    it started. Streams go through the sans-I/O `core.stream_relay.StreamRelay`, which makes every decision; this
+    class only does the I/O. `on_start()` is called just before the answer's first byte (its headers) goes out."""
+
+    def __init__(self, send: Send, on_start: Callable[[], None] = lambda: None) -> None:
+        self.send = send
+        self.on_start = on_start
+        self.stream: StreamRelay | None = None
+        self.started = False
+        self.closed = False  # the last body message went out
+        self.usage: Usage | None = None
+        self.failure: str | None = None
+
+    async def plain(self, status: int, payload: bytes, headers: Headers, usage: Usage | None) -> None:
+        """A whole answer, sent at once."""
+        self.usage = usage
+        self.started = True
+        self.on_start()
+        await send_json(self.send, status, payload, headers)
+        self.closed = True
+
+    async def relay(
+        self, stream: StreamRelay, chunks: AsyncIterator[bytes], headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        """Relay an SSE answer through `stream`. A failure before the first event is raised (the layers outside may
+        retry or fall back); after it, the stream ends with its format's error event."""
+        self.stream = stream
+        iterator = aiter(chunks)
+        done = False
         try:
-            output = relay.receive_data(await anext(iterator))
-        except StopAsyncIteration:
-            output, done = relay.receive_data(b""), True
-        except UpstreamError as failure:  # the transport broke: a reset, a read timeout
-            output, done = relay.fail(failure), True
-        if output.error is not None and not output.data:
-            raise output.error  # nothing reached the client yet
-        if output.error is not None:
-            on_failure(output.error)
-        if output.started:
-            on_start()
-            await send({"type": "http.response.start", "status": 200, "headers": headers})
-        if output.data:
-            await send({"type": "http.response.body", "body": output.data, "more_body": True})
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
+            while not done:
+                try:
+                    output = stream.receive_data(await anext(iterator))
+                except StopAsyncIteration:
+                    output, done = stream.receive_data(b""), True
+                except UpstreamError as failure:  # the transport broke: a reset, a read timeout
+                    output, done = stream.fail(failure), True
+                if output.error is not None and not output.data:
+                    raise output.error  # nothing reached the client yet
+                if output.error is not None:
+                    self.failure = output.error.message
+                if output.started:
+                    self.started = True
+                    self.on_start()
+                    await self.send({"type": "http.response.start", "status": 200, "headers": headers})
+                if output.data:
+                    await self.send({"type": "http.response.body", "body": output.data, "more_body": True})
+        finally:
+            self.usage = stream.usage
+        await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+        self.closed = True
+
+    async def end(self, error: UpstreamError) -> None:
+        """End a stream that started and was then cut from outside (the request deadline): its own terminal event
+        (a Responses stream's `response.failed` with its id and next sequence number), then the end of the body."""
+        if not self.started or self.closed:
+            return
+        self.closed = True
+        data = b""
+        if self.stream is not None:
+            output = self.stream.fail(error)
+            data = output.data
+            if output.error is not None:
+                self.failure = error.message
+        await self.send({"type": "http.response.body", "body": data, "more_body": False})

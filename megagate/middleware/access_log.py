@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 
 from megagate.asgi import ASGIApp, Headers, Receive, Scope, Send, header, observe_response
-from megagate.state import get_client, get_state, route_path
+from megagate.state import get_client, get_state, route_of
 
 logger = logging.getLogger("megagate.access")
 _SANE_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
@@ -43,19 +43,19 @@ class AccessLogMiddleware:
             scope["headers"] = [(k, v) for k, v in scope["headers"] if k != b"x-request-id"]
             scope["headers"].append((b"x-request-id", request_id))
         started = self.clock()
-        watch, send = observe_response(scope, send, self.clock)
+        observer, send = observe_response(scope, send, self.clock)
 
         def echo_id(headers: Headers) -> Headers:
             return [*((k, v) for k, v in headers if k != b"x-request-id"), (b"x-request-id", request_id)]
 
         try:
-            with watch.adding_headers(echo_id):
+            with observer.adding_headers(echo_id):
                 await self.app(scope, receive, send)
         finally:
             if self.log and logger.isEnabledFor(logging.INFO):
                 # The record made directly: `logger.info` would first walk the stack for the caller's file and line
                 # (findCaller), about a third of this line's cost, to say what is always this line.
-                line = self._line(scope, request_id, watch.status, started, watch.first_byte)
+                line = self._line(scope, request_id, observer.status, started, observer.first_byte)
                 logger.handle(logger.makeRecord(logger.name, logging.INFO, __file__, 0, line, (), None))
 
     def _line(self, scope: Scope, request_id: bytes, status: int, started: float, first_byte: float | None) -> str:
@@ -64,14 +64,14 @@ class AccessLogMiddleware:
         line: dict[str, Any] = {
             "request_id": request_id.decode(),
             "method": scope.get("method"),
-            "path": route_path(scope),
+            "path": route_of(scope).path,
             "status": status,
             "client": client.name if client is not None else None,
             "duration_ms": round((self.clock() - started) * 1000, 2),
             "ttft_ms": round((first_byte - started) * 1000, 2) if first_byte is not None else None,
         }
         if state is not None:
-            line["model"] = state.fallbacks[0][0] if state.fallbacks else state.request.model
+            line["model"] = state.requested_model
             line["served_model"] = state.served_model
             line["stream"] = state.request.stream
             line["attempts"] = len(state.attempts)

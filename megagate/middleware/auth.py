@@ -16,7 +16,7 @@ from megagate.asgi import ASGIApp, Receive, Scope, Send, presented_key, send_err
 from megagate.config import ClientConfig
 from megagate.core.errors import AuthenticationFailed
 from megagate.core.window import SlidingWindow
-from megagate.state import CLIENT_KEY, Client, route_format, route_path
+from megagate.state import CLIENT_KEY, Client, route_of
 
 
 class ClientDirectory:
@@ -63,7 +63,7 @@ class AuthMiddleware:
         self.prefix = prefix
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.directory or not route_path(scope).startswith(self.prefix):
+        if scope["type"] != "http" or not self.directory or not route_of(scope).path.startswith(self.prefix):
             await self.app(scope, receive, send)
             return
         key = presented_key(scope)
@@ -72,7 +72,7 @@ class AuthMiddleware:
             reason = "No API key was given" if key is None else "The API key is not valid"
             error = AuthenticationFailed(f"{reason}. Send a megagate client key as 'Authorization: Bearer <key>'.")
             error.code = "invalid_api_key"
-            await send_error(send, error, route_format(scope))
+            await send_error(send, error, route_of(scope).format)
             return
         scope.setdefault("state", {})[CLIENT_KEY] = client
         await self.app(scope, receive, send)

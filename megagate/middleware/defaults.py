@@ -27,13 +27,12 @@ from megagate.core.request import (
     prepare_chat_request,
 )
 from megagate.routing import ENDPOINTS, Endpoint
-from megagate.state import RequestState, route_format, route_path, set_state
+from megagate.state import RequestState, route_of, set_state
 
-CHAT_PATHS = tuple(p for p, e in ENDPOINTS.items() if e.format == "openai" and e.operation == "chat")
-ANTHROPIC_PATHS = tuple(p for p, e in ENDPOINTS.items() if e.format == "anthropic")
 # Anthropic requires max_tokens on a message (a configured default counts), not on a token count; an embedding
 # needs its input.
-REQUIRED = {"/v1/messages": frozenset({"max_tokens"}), "/v1/embeddings": frozenset({"input"})}
+MESSAGES, EMBEDDINGS = ENDPOINTS["/v1/messages"], ENDPOINTS["/v1/embeddings"]
+REQUIRED = {MESSAGES: frozenset({"max_tokens"}), EMBEDDINGS: frozenset({"input"})}
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +78,6 @@ class DefaultsMiddleware:
         default_model: str = DEFAULT_MODEL,
         defaults: Mapping[str, Any] | None = None,
         aliases: Mapping[str, str] | None = None,
-        paths: tuple[str, ...] = CHAT_PATHS,
-        anthropic_paths: tuple[str, ...] = ANTHROPIC_PATHS,
         max_body_bytes: int = DEFAULT_MAX_BODY,
         body_timeout: float = 30.0,
     ) -> None:
@@ -88,23 +85,26 @@ class DefaultsMiddleware:
         configured = defaults or {}
         openai = _Profile(OPENAI_RULES, RequestDefaults.from_values(default_model, configured, OPENAI_RULES))
         anthropic = _defaults_for(default_model, configured, ANTHROPIC_RULES)
-        self.profiles = {path: openai for path in paths}
-        for path in anthropic_paths:
-            self.profiles[path] = _Profile(ANTHROPIC_RULES, anthropic, REQUIRED.get(path, frozenset()))
         responses = _defaults_for(default_model, configured, RESPONSES_RULES)
-        self.profiles["/v1/responses"] = _Profile(RESPONSES_RULES, responses, shape="input")
         embeddings = RequestDefaults(default_model)  # no configured parameter means anything to an embedding
-        self.profiles["/v1/embeddings"] = _Profile(EMBEDDINGS_RULES, embeddings, REQUIRED["/v1/embeddings"], "input")
+        # One profile per client endpoint of the route table (`routing.ENDPOINTS`), by its format and operation.
+        self.profiles: dict[Endpoint, _Profile] = {
+            Endpoint("openai"): openai,
+            Endpoint("anthropic"): _Profile(ANTHROPIC_RULES, anthropic, REQUIRED[MESSAGES]),
+            Endpoint("anthropic", "count_tokens"): _Profile(ANTHROPIC_RULES, anthropic),
+            Endpoint("responses"): _Profile(RESPONSES_RULES, responses, shape="input"),
+            EMBEDDINGS: _Profile(EMBEDDINGS_RULES, embeddings, REQUIRED[EMBEDDINGS], "input"),
+        }
         self.aliases = dict(aliases or {})
         self.max_body_bytes = max_body_bytes
         self.body_timeout = body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        profile = self.profiles.get(route_path(scope)) if scope["type"] == "http" else None
-        if profile is None or scope["method"] != "POST":
+        route = route_of(scope) if scope["type"] == "http" else None
+        profile = self.profiles.get(route.endpoint) if route is not None and route.endpoint is not None else None
+        if route is None or route.endpoint is None or profile is None or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        fmt = route_format(scope)
         try:
             if not is_json_content_type(header(scope, b"content-type")):
                 raise InvalidRequest("Content-Type must be application/json.")
@@ -117,10 +117,10 @@ class DefaultsMiddleware:
         except ClientDisconnected:
             return
         except MegagateError as error:
-            await send_error(send, error, fmt)
+            await send_error(send, error, route.format)
             return
         if request.model in self.aliases:
             request.set_model(self.aliases[request.model])
-        set_state(scope, RequestState(ENDPOINTS.get(route_path(scope)) or Endpoint(fmt), request))
+        set_state(scope, RequestState(route.endpoint, request))
         # The app inside sees the prepared body (defaults filled); then the real receive, so a disconnect arrives.
         await self.app(scope, replay_body(request.encode(), receive), send)

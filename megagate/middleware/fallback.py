@@ -23,7 +23,6 @@ from megagate.core.errors import (
     UpstreamTimeout,
 )
 from megagate.core.outcome import classify, fallback_switch
-from megagate.core.stream_relay import stream_error_event
 from megagate.state import RequestState, get_state
 
 logger = logging.getLogger("megagate.fallback")
@@ -65,20 +64,16 @@ class FallbackMiddleware:
             attempts = str(len(state.attempts)).encode()
             return [*headers, (b"x-megagate-model", state.served_model.encode()), (b"x-megagate-attempts", attempts)]
 
-        watch, send = observe_response(scope, send)
+        observer, send = observe_response(scope, send)
         deadline = self._deadline(scope)
-        with Deadline(deadline), watch.adding_headers(report):
+        with Deadline(deadline), observer.adding_headers(report):
             await self._try_chain(scope, receive, send, state)
             return
-        # The deadline passed. Before the first byte that is a 504; after it, the stream ends visibly.
+        # The deadline passed. Before the first byte that is a 504; after it, the answer ends it visibly.
         error = UpstreamTimeout(f"no complete answer within the request deadline of {deadline:g} s")
-        if not state.response_started:
+        if state.answer is None or not state.answer.started:
             raise error
-        if state.request.stream:
-            state.stream_failure = error.message
-            await send(
-                {"type": "http.response.body", "body": stream_error_event(error, state.format), "more_body": False}
-            )
+        await state.answer.end(error)
 
     async def _try_chain(self, scope: Scope, receive: Receive, send: Send, state: RequestState) -> None:
         request = state.request

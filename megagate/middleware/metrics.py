@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from megagate.asgi import ASGIApp, Receive, Scope, Send, observe_response
 from megagate.ops.prometheus import Metrics
-from megagate.state import get_client, get_state, route_path
+from megagate.state import get_client, get_state, route_of
 
 OPERATOR_ROUTES = frozenset({"/metrics", "/healthz", "/readyz", "/admin/keys"})
 
@@ -29,8 +29,8 @@ class MetricsMiddleware:
             return
         metrics = self.metrics
         started = self.clock()
-        watch, send = observe_response(scope, send, self.clock)
-        counted = route_path(scope) not in OPERATOR_ROUTES  # a scrape or a health check is no request in flight
+        observer, send = observe_response(scope, send, self.clock)
+        counted = route_of(scope).path not in OPERATOR_ROUTES  # a scrape or a health check is no request in flight
         if counted:
             metrics.live[id(scope)] = scope
         try:
@@ -38,16 +38,16 @@ class MetricsMiddleware:
         finally:
             if counted:
                 del metrics.live[id(scope)]
-            self._record(scope, watch.status, started, watch.first_byte)
+            self._record(scope, observer.status, started, observer.first_byte)
 
     def _record(self, scope: Scope, status: int, started: float, first_byte: float | None) -> None:
         metrics = self.metrics
-        route = metrics.route_label(route_path(scope))
+        route = metrics.route_label(route_of(scope).path)
         state = get_state(scope)
         known = get_client(scope)
         client = known.name if known is not None else "anonymous"
         # requests count under the model asked for; tokens under the model that served (after any fallback)
-        requested = (state.fallbacks[0][0] if state.fallbacks else state.request.model) if state else None
+        requested = state.requested_model if state else None
         model = metrics.model_label(requested)
         metrics.requests(route, model, client, f"{status // 100}xx" if status else "none").inc()
         metrics.duration(route).observe(self.clock() - started)
@@ -60,7 +60,7 @@ class MetricsMiddleware:
             metrics.tokens(served, client, "prompt").inc(state.usage.prompt_tokens)
             metrics.tokens(served, client, "completion").inc(state.usage.completion_tokens)
         for attempt in state.attempts:
-            outcome = attempt.outcome.value if attempt.outcome else "cancelled"
+            outcome = attempt.outcome_name
             metrics.attempts(attempt.upstream, attempt.key_id, outcome).inc()
         if state.stream_failure is not None:
             metrics.stream_failures(route).inc()

@@ -99,7 +99,6 @@ class RotationMiddleware:
             upstream = state.target.upstream.name if state.target else ""
             attempt = Attempt(state.request.model, upstream, lease.id, started=self.clock())
             state.attempts.append(attempt)
-            state.usage = None
             outcome, retry_after, error = Outcome.CANCELLED, None, None
             try:
                 await self.app(scope, replay_body(state.request.encode(), receive), send)

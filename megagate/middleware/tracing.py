@@ -19,7 +19,7 @@ from opentelemetry.propagate import inject
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from megagate.asgi import ASGIApp, Receive, Scope, Send, observe_response
-from megagate.state import get_state, route_path
+from megagate.state import get_state, route_of
 
 Clock = Callable[[], float]
 
@@ -37,9 +37,9 @@ class TracingMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = route_path(scope)
+        path = route_of(scope).path
         started = self.clock()
-        watch, send = observe_response(scope, send, self.clock)
+        observer, send = observe_response(scope, send, self.clock)
         with self.tracer.start_as_current_span(f"{scope['method']} {path}", kind=SpanKind.SERVER) as span:
             carrier: dict[str, str] = {}
             inject(carrier)  # the upstream request carries this trace (the proxy forwards traceparent)
@@ -47,7 +47,7 @@ class TracingMiddleware:
             try:
                 await self.app(scope, receive, send)
             finally:
-                status, first_byte = watch.status, watch.first_byte
+                status, first_byte = observer.status, observer.first_byte
                 span.set_attribute("http.response.status_code", status)
                 if first_byte is not None:
                     span.set_attribute("megagate.ttft_ms", round((first_byte - started) * 1000, 2))
@@ -60,7 +60,7 @@ class TracingMiddleware:
         if state is None:
             return
         span.set_attribute("gen_ai.operation.name", "chat")
-        span.set_attribute("gen_ai.request.model", state.fallbacks[0][0] if state.fallbacks else state.request.model)
+        span.set_attribute("gen_ai.request.model", state.requested_model)
         span.set_attribute("gen_ai.response.model", state.served_model)
         if state.usage is not None:
             span.set_attribute("gen_ai.usage.input_tokens", state.usage.prompt_tokens)
@@ -73,7 +73,7 @@ class TracingMiddleware:
                 start_time=int((attempt.started + offset) * 1e9),
                 attributes={"gen_ai.request.model": attempt.model, "megagate.upstream": attempt.upstream,
                             "megagate.key_id": attempt.key_id,
-                            "megagate.outcome": attempt.outcome.value if attempt.outcome else "running"},
+                            "megagate.outcome": attempt.outcome_name},
             )  # fmt: skip
             if attempt.outcome is not None and attempt.outcome.value != "success":
                 child.set_status(Status(StatusCode.ERROR, attempt.outcome.value))

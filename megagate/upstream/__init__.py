@@ -132,6 +132,12 @@ def connection_failure(exc: BaseException) -> UpstreamProtocolError:
     return UpstreamProtocolError(f"upstream connection failed ({type(root).__name__}: {root or 'no detail'})")
 
 
+def first_byte_timeout(seconds: float, waited_for: str = "response") -> UpstreamTimeout:
+    """The one first-byte failure: `Timeouts.first_byte` passed before the upstream sent `waited_for` (the
+    transport waits for the headers, the proxy for a stream's first event: one budget, one message)."""
+    return UpstreamTimeout(f"upstream sent no {waited_for} within the first-byte timeout ({seconds:g} s)")
+
+
 _upstream_error_decoder = msgspec.json.Decoder(dict[str, Any])
 
 

@@ -25,7 +25,7 @@ import httptools
 
 from megagate.asgi import Headers
 from megagate.core.errors import UpstreamConnectError, UpstreamError, UpstreamProtocolError, UpstreamTimeout
-from megagate.upstream import Origin, OriginSlots, Timeouts, connection_failure, read_limited
+from megagate.upstream import Origin, OriginSlots, Timeouts, connection_failure, first_byte_timeout, read_limited
 from megagate.upstream.streams import ByteStream, open_stream
 
 IDLE_EXPIRY = 30.0
@@ -198,7 +198,7 @@ class FastTransport:
                 return connection
             except (TimeoutError, UpstreamTimeout):
                 await self._close(connection)
-                raise UpstreamTimeout("upstream sent no response within the first-byte timeout") from None
+                raise first_byte_timeout(first_byte) from None
             except UpstreamError:
                 stale = not fresh and not connection.received_any
                 await self._close(connection)

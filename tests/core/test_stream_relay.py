@@ -15,8 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from megagate.core.errors import Format, UpstreamError, UpstreamStatus
+from megagate.core.responses_stream import ChatToResponsesStream
 from megagate.core.sse import SSEDecoder
-from megagate.core.stream_relay import Output, StreamRelay
+from megagate.core.stream_relay import RESPONSES_ENDS, AnthropicToResponsesStream, Output, StreamRelay
 from megagate.core.translate_stream import AnthropicToOpenAIStream, OpenAIToAnthropicStream
 
 OPENAI_STREAM = (
@@ -52,7 +53,11 @@ def error_for(data: bytes) -> UpstreamError:
 
 def relay(client: Format, upstream: Format) -> StreamRelay:
     translator: Any = None
-    if client != upstream:
+    if client == "responses":
+        responses = ChatToResponsesStream("m", 1)
+        chat = AnthropicToOpenAIStream("m", 1)
+        translator = responses if upstream == "openai" else AnthropicToResponsesStream(chat, responses)
+    elif client != upstream:
         translator = (
             OpenAIToAnthropicStream("m")
             if upstream == "openai"
@@ -136,12 +141,15 @@ FRAGMENTS = [
 ]
 inputs = st.lists(st.sampled_from(FRAGMENTS) | st.binary(max_size=12), max_size=12)
 directions = st.sampled_from([("openai", "openai"), ("anthropic", "openai"), ("anthropic", "anthropic"),
-                              ("openai", "anthropic")])  # fmt: skip
+                              ("openai", "anthropic"), ("responses", "openai"),
+                              ("responses", "anthropic")])  # fmt: skip
 
 
 def well_formed(client: Format, upstream: Format, data: bytes) -> bool:
     """The stream reached its terminal event: the end event, our error event, or (same format) an upstream error
     event relayed after the start. A same-format upstream's bytes after it pass as they came."""
+    if client == "responses":
+        return responses_well_formed(events_of(data))
     for event in events_of(data):
         if client == "anthropic" and event.event in ("message_stop", "error"):
             return True
@@ -150,6 +158,16 @@ def well_formed(client: Format, upstream: Format, data: bytes) -> bool:
         if client == upstream == "openai" and event.data.lstrip().startswith(b'{"error"'):
             return True
     return False
+
+
+def responses_well_formed(events: list[Any]) -> bool:
+    """One response from `response.created` to its terminal event, sequence numbers 0, 1, 2... without a gap, the
+    terminal event (completed, incomplete, or our `response.failed`) naming the response that was created."""
+    told = [msgspec.json.decode(e.data) for e in events]
+    if not told or told[0]["type"] != "response.created" or told[-1]["type"] not in RESPONSES_ENDS:
+        return False
+    ids = {told[0]["response"]["id"], told[-1]["response"]["id"]}
+    return len(ids) == 1 and [e["sequence_number"] for e in told] == list(range(len(told)))
 
 
 @settings(max_examples=int(os.environ.get("MEGAGATE_EXAMPLES", "400")), deadline=None)
@@ -169,4 +187,3 @@ def test_any_bytes_end_well_formed_or_as_an_error_before_the_start(
         assert data == b"" and outputs[-1].error is not None  # raised before anything reached the client
     else:
         assert outputs[-1].ended and well_formed(client, upstream, data), data[-300:]
-    msgspec.json.encode([o.ended for o in outputs])  # outputs are plain data

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import openai
@@ -109,3 +110,19 @@ def test_serve_with_two_workers_and_the_memory_pool_warns_that_limits_are_per_wo
     server.stop()
     warnings = [line for line in server.output().splitlines() if "warning" in line]
     assert len(warnings) == 1 and "2 workers with the in-memory key pool" in warnings[0]
+
+
+def test_the_curl_line_the_demo_prints_streams_when_pasted_into_a_shell(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MEGALLM", "MEGAGATE"))}
+    demo = Process([sys.executable, "-m", "megagate", "demo", "--port", str(port)], port, tmp_path / "demo.log", env)
+    try:
+        deadline = time.monotonic() + 30
+        while "Ctrl-C stops it." not in demo.log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        printed = next(line for line in demo.log.read_text().splitlines() if line.startswith("$ curl"))
+        pasted = subprocess.run(["bash", "-c", printed[2:]], capture_output=True, text=True, timeout=30, check=False)
+    finally:
+        demo.stop()
+    assert pasted.returncode == 0, pasted.stderr
+    assert pasted.stdout.count("data: {") > 3 and pasted.stdout.rstrip().endswith("data: [DONE]"), pasted.stdout

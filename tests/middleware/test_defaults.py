@@ -97,7 +97,7 @@ async def test_path_is_matched_below_a_mount_point() -> None:
 
 
 async def test_anthropic_route_errors_use_the_anthropic_envelope() -> None:
-    app = DefaultsMiddleware(EchoApp(), paths=("/v1/messages",))
+    app = DefaultsMiddleware(EchoApp())
     result = await call(app, b"{", path="/v1/messages")
     assert result.status == 400
     assert result.json()["type"] == "error" and result.json()["error"]["type"] == "invalid_request_error"

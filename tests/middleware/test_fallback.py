@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -17,6 +18,8 @@ from megagate.core.errors import (
     UpstreamTimeout,
 )
 from megagate.core.request import OPENAI_RULES, RequestDefaults, prepare_chat_request
+from megagate.core.stream_relay import StreamRelay
+from megagate.endpoints.relay import SSE_HEADERS, Relay
 from megagate.middleware.errors import ErrorsMiddleware
 from megagate.middleware.fallback import FallbackMiddleware
 from megagate.middleware.hedging import HedgingMiddleware
@@ -48,13 +51,17 @@ class ScriptedModels:
             raise self.failures[model]
         if model in self.stall:
             await anyio.sleep_forever()
-        state.response_started = True
-        body = msgspec.json.encode({"model": model})
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        answer = state.answer = Relay(send)  # the proxy's own answer, as it sends it
         if state.request.stream:
-            await send({"type": "http.response.body", "body": b"data: {}\n\n", "more_body": True})
-            await anyio.sleep_forever()  # a stream that never ends
-        await send({"type": "http.response.body", "body": body})
+            stream = StreamRelay("openai", "openai", None, lambda data: UpstreamStatus(502, data.decode()))
+            await answer.relay(stream, endless(), SSE_HEADERS)
+        await answer.plain(200, msgspec.json.encode({"model": model}), [(b"content-type", b"application/json")], None)
+
+
+async def endless() -> AsyncIterator[bytes]:
+    """An upstream stream that sends one event and never ends."""
+    yield b"data: {}\n\n"
+    await anyio.sleep_forever()
 
 
 async def call(app: Any, body: dict[str, Any], headers: list[tuple[bytes, bytes]] | None = None, **options: Any):

@@ -9,6 +9,7 @@ import pytest
 
 from megagate.core.errors import UpstreamStatus
 from megagate.core.request import OPENAI_RULES, RequestDefaults, prepare_chat_request
+from megagate.endpoints.relay import Relay
 from megagate.middleware.errors import ErrorsMiddleware
 from megagate.middleware.hedging import HedgingMiddleware
 from megagate.routing import ENDPOINTS
@@ -44,9 +45,8 @@ class Attempts:
         except anyio.get_cancelled_exc_class():
             self.cancelled.append(number)
             raise
-        state.response_started = True
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": f"attempt {number}".encode()})
+        answer = state.answer = Relay(send)
+        await answer.plain(200, f"attempt {number}".encode(), [], None)
 
 
 async def call(app: Any, delay: float = 0.1) -> tuple[Recorder, RequestState]:

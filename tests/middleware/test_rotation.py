@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -16,6 +17,8 @@ from megagate.core.errors import (
     UpstreamTimeout,
 )
 from megagate.core.request import OPENAI_RULES, RequestDefaults, prepare_chat_request
+from megagate.core.stream_relay import StreamRelay
+from megagate.endpoints.relay import SSE_HEADERS, Relay
 from megagate.middleware.errors import ErrorsMiddleware
 from megagate.middleware.rotation import RotationMiddleware
 from megagate.pool.local import LocalKeyPool
@@ -28,6 +31,10 @@ pytestmark = pytest.mark.anyio
 KEYS = ["sk-mega-one-aaaaaaaa1111", "sk-mega-two-bbbbbbbb2222", "sk-mega-three-cccccc3333"]
 DEFAULTS = RequestDefaults.from_values("m", {}, OPENAI_RULES)
 BODY = b'{"model":"m","messages":[{"role":"user","content":"hello there"}],"max_tokens":100}'
+
+
+async def one_event() -> AsyncIterator[bytes]:
+    yield b"data: {}\n\ndata: [DONE]\n\n"
 
 
 class ScriptedUpstream:
@@ -43,9 +50,10 @@ class ScriptedUpstream:
         assert state is not None
         self.keys_seen.append(state.api_key)
         failure = self.failures.get(state.api_key or "")
-        if self.start_then_fail:
-            state.response_started = True
-            await send({"type": "http.response.start", "status": 200, "headers": []})
+        if self.start_then_fail:  # a stream whose first event went out, then its upstream failed
+            stream = StreamRelay("openai", "openai", None, lambda data: UpstreamStatus(502, data.decode()))
+            state.answer = Relay(send)
+            await state.answer.relay(stream, one_event(), SSE_HEADERS)  # then fails below, after the start
         if failure is not None:
             raise failure
         await send({"type": "http.response.start", "status": 200, "headers": []})

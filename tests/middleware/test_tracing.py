@@ -50,4 +50,9 @@ async def test_a_fallback_shows_a_server_span_and_an_attempt_span_each(capfd: py
 
 async def test_without_tracing_there_is_no_tracing_layer() -> None:
     app, _ = gateway([MockResponse(body=[COMPLETION])])
-    assert app.tracing is None and "Tracing" not in repr(app.app)
+    layers, inner = [], app.app
+    while hasattr(inner, "app"):  # every middleware keeps the app it wraps as `.app`, down to the router
+        layers.append(type(inner).__name__)
+        inner = inner.app
+    assert app.tracing is None and layers[0] == "MetricsMiddleware" and "RotationMiddleware" in layers
+    assert "TracingMiddleware" not in layers
