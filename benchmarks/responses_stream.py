@@ -3,7 +3,7 @@
 As `benchmarks.stack` (the default stack over the in-memory transport, no socket, process CPU time, the best of
 several rounds), for a Responses client over a chat-completions upstream and over an Anthropic-format upstream:
 the two translated Responses paths (chat chunks → Responses events; Anthropic events → chat chunks → Responses
-events). It uses only `create_app` and the mock transport, so the same file measures an older checkout too.
+events). It uses only `create_app`, the mock transport and `benchmarks.stack.one`, so it measures an older checkout too.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 import anyio
 import msgspec
 
+from benchmarks.stack import one
 from megagate.app import create_app
 from megagate.config import config_from_mapping
 from megagate.upstream.mock import MockResponse, MockTransport, sse
@@ -61,34 +62,13 @@ def build(fmt: str) -> Any:
     return create_app(config, transport=MockTransport(answer))
 
 
-async def one(app: Any) -> int:
-    """One streamed request; the number of upstream events it relayed."""
-    delivered = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal delivered
-        if not delivered:
-            delivered = True
-            return {"type": "http.request", "body": BODY, "more_body": False}
-        await anyio.sleep_forever()
-        raise AssertionError("unreachable")
-
-    async def send(message: dict[str, Any]) -> None:
-        return None
-
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-             "path": "/v1/responses", "raw_path": b"/v1/responses", "query_string": b"", "root_path": "",
-             "headers": [(b"content-type", b"application/json")], "client": ("127.0.0.1", 1),
-             "server": ("127.0.0.1", 2)}  # fmt: skip
-    await app(scope, receive, send)
-    return len(CHAT if app.config.upstreams[0].formats == ["openai"] else ANTHROPIC)
-
-
 async def measure(app: Any, n: int) -> float:
     """CPU µs per upstream event relayed to the Responses client."""
-    started, events = time.process_time(), 0
+    per_stream = len(CHAT if app.config.upstreams[0].formats == ["openai"] else ANTHROPIC)
+    started = time.process_time()
     for _ in range(n):
-        events += await one(app)
+        await one(app, BODY, "/v1/responses")
+    events = n * per_stream
     return (time.process_time() - started) / events * 1e6
 
 

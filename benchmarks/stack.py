@@ -19,7 +19,9 @@ import msgspec
 
 from megagate.app import Gateway
 from megagate.assembly import build_router, build_stack
-from megagate.config import config_from_mapping
+from megagate.config import Config, config_from_mapping
+from megagate.routing import Routes
+from megagate.state import get_state
 from megagate.upstream.mock import MockResponse, MockTransport, sse
 
 KEYS = [f"sk-stack-bench-{n:04d}" for n in range(4)]
@@ -41,6 +43,20 @@ LAYERS = ["MetricsMiddleware", "AccessLogMiddleware", "ErrorsMiddleware", "AuthM
           "FallbackMiddleware", "RotationMiddleware"]  # fmt: skip
 
 
+class ChooseTarget:
+    """What a stack without RotationMiddleware still needs: the request's target (`routing.choose`, the one
+    decision rotation makes besides the key), set where rotation would set it. No key is leased."""
+
+    def __init__(self, app: Any, config: Config) -> None:
+        self.app, self.routes = app, Routes(config)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        state = get_state(scope)
+        if state is not None:
+            state.target = self.routes(state.request.model, state.endpoint)
+        await self.app(scope, receive, send)
+
+
 def build(without: set[str]) -> Gateway:
     """The default gateway with the layers named in `without` left out of its stack."""
 
@@ -52,6 +68,8 @@ def build(without: set[str]) -> Gateway:
     gateway = Gateway(config, transport=MockTransport(answer))
     resources = gateway.resources()
     app: Any = build_router(config, resources)
+    if "RotationMiddleware" in without:
+        app = ChooseTarget(app, config)
     for cls, kwargs in reversed(build_stack(config, resources)):
         if cls.__name__ not in without:
             app = cls(app, **kwargs)
@@ -59,8 +77,8 @@ def build(without: set[str]) -> Gateway:
     return gateway
 
 
-async def one(app: Gateway, body: bytes) -> int:
-    """One request through `app`; the number of messages it sent."""
+async def one(app: Any, body: bytes, path: str = "/v1/chat/completions", bodies: list[bytes] | None = None) -> int:
+    """One POST of `body` to `path` through `app`; the number of messages it sent (their bodies into `bodies`)."""
     sent = 0
     delivered = False
 
@@ -75,9 +93,11 @@ async def one(app: Gateway, body: bytes) -> int:
     async def send(message: dict[str, Any]) -> None:
         nonlocal sent
         sent += 1
+        if bodies is not None and message["type"] == "http.response.body":
+            bodies.append(message["body"])
 
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-             "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions", "query_string": b"",
+             "path": path, "raw_path": path.encode(), "query_string": b"",
              "root_path": "", "headers": [(b"content-type", b"application/json"), (b"host", b"bench")],
              "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2)}  # fmt: skip
     await app(scope, receive, send)

@@ -16,7 +16,7 @@ from typing import Any
 
 import anyio
 
-from megagate.asgi import ASGIApp, Receive, Scope, Send
+from megagate.asgi import ASGIApp, Clock, Receive, Scope, Send
 from megagate.assembly import Resources, assemble, build_transport
 from megagate.config import Config, config_file, load_config, prometheus_multiprocess
 from megagate.core.errors import ConfigError
@@ -28,7 +28,6 @@ from megagate.pool.local import LocalKeyPool
 from megagate.upstream import Transport
 
 logger = logging.getLogger("megagate")
-Clock = Callable[[], float]
 WATCH_EVERY = 1.0  # seconds between looks at the configuration file, with `watch = true`
 
 

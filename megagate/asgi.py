@@ -16,6 +16,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
+Clock = Callable[[], float]  # the shell reads time through one of these, so tests pass it in by hand
 
 
 async def read_body(receive: Receive, limit: int) -> bytes:
@@ -100,7 +101,7 @@ class ResponseObserver:
     (`adding_headers`) is added only to a response started while that layer's own call runs, as when it wrapped
     `send` itself, so an error rendered by a layer further out does not get it."""
 
-    clock: Callable[[], float]
+    clock: Clock
     status: int = 0  # 0 until the response has started
     first_byte: float | None = None  # `clock()` when the first non-empty body went out
     hooks: list[HeaderHook] = field(default_factory=list)  # innermost last
@@ -123,9 +124,7 @@ class ResponseObserver:
         return {**message, "headers": headers}
 
 
-def observe_response(
-    scope: Scope, send: Send, clock: Callable[[], float] = time.monotonic
-) -> tuple[ResponseObserver, Send]:
+def observe_response(scope: Scope, send: Send, clock: Clock = time.monotonic) -> tuple[ResponseObserver, Send]:
     """The request's observer and the `send` to pass inward: a wrapped one if this layer installed the observer,
     else `send` itself (an outer layer's wrapper already observes)."""
     observer: ResponseObserver | None = scope.get(OBSERVER)

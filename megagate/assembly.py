@@ -8,23 +8,22 @@ Request path (outermost first)::
         -> DefaultsMiddleware -> ClientLimitsMiddleware -> FallbackMiddleware -> [HedgingMiddleware]
         -> RotationMiddleware -> Router --/v1/chat/completions, /v1/messages, /v1/responses, /v1/embeddings-->
            UpstreamProxy
-                  |--/v1/messages/count_tokens--> CountTokensEndpoint (-> UpstreamProxy, or a local estimate)
+                  |--/v1/messages/count_tokens--> CountTokensApp (-> UpstreamProxy, or a local estimate)
                   \\--/v1/models, /healthz, /readyz, /metrics, /admin...
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from starlette.routing import Route, Router
 
-from megagate.asgi import ASGIApp, Receive, Scope, Send, send_error, send_json
+from megagate.asgi import ASGIApp, Clock, Receive, Scope, Send, send_error, send_json
 from megagate.config import Config
 from megagate.core.errors import InvalidRequest, NotFound
-from megagate.endpoints.count_tokens import CountTokensEndpoint
-from megagate.endpoints.models import ModelsEndpoint
+from megagate.endpoints.count_tokens import CountTokensApp
+from megagate.endpoints.models import ModelsApp
 from megagate.endpoints.proxy import UpstreamProxy
 from megagate.middleware.access_log import AccessLogMiddleware
 from megagate.middleware.auth import AuthMiddleware, ClientDirectory
@@ -35,17 +34,15 @@ from megagate.middleware.fallback import FallbackMiddleware
 from megagate.middleware.hedging import HedgingMiddleware
 from megagate.middleware.metrics import MetricsMiddleware
 from megagate.middleware.rotation import RotationMiddleware
-from megagate.ops.admin import AdminGuard, KeysEndpoint
-from megagate.ops.prometheus import Metrics, MetricsEndpoint
-from megagate.ops.reload import Reloadable, ReloadEndpoint
+from megagate.ops.admin import AdminGuard, KeysApp
+from megagate.ops.prometheus import Metrics, MetricsApp
+from megagate.ops.reload import Reloadable, ReloadApp
 from megagate.ops.status_page import StatusPage
 from megagate.pool import KeyPool
 from megagate.routing import ENDPOINTS, Routes
 from megagate.state import route_of
 from megagate.upstream import Transport
 from megagate.upstream.fast_transport import FastTransport
-
-Clock = Callable[[], float]
 
 
 @dataclass(slots=True)
@@ -123,9 +120,9 @@ def build_router(config: Config, res: Resources) -> Router:
     """The routes: each client endpoint (`routing.ENDPOINTS`) to the app serving its operation, then the model list
     and the operator routes."""
     proxy = UpstreamProxy(config=config, transport=res.transport)
-    count_tokens = CountTokensEndpoint(proxy)
+    count_tokens = CountTokensApp(proxy)
     serving: dict[str, ASGIApp] = {"chat": proxy, "embeddings": proxy, "count_tokens": count_tokens}
-    models = ModelsEndpoint(config=config, transport=res.transport, pools=res.pools, clock=res.clock)
+    models = ModelsApp(config=config, transport=res.transport, pools=res.pools, clock=res.clock)
     routes = [Route(path, AllowMethods(("POST",), serving[e.operation])) for path, e in ENDPOINTS.items()]
     routes += [
         Route("/v1/models", AllowMethods(("GET",), models)),
@@ -133,18 +130,18 @@ def build_router(config: Config, res: Resources) -> Router:
         Route("/healthz", AllowMethods(("GET", "HEAD"), health)),
         Route("/readyz", AllowMethods(("GET", "HEAD"), Readiness(res.pools))),
     ]
-    metrics_endpoint: ASGIApp = MetricsEndpoint(res.metrics, res.pools)
+    metrics_app: ASGIApp = MetricsApp(res.metrics, res.pools)
     if config.admin_token:
-        metrics_endpoint = AdminGuard(metrics_endpoint, config.admin_token)
-        keys = AdminGuard(KeysEndpoint(res.pools), config.admin_token)
+        metrics_app = AdminGuard(metrics_app, config.admin_token)
+        keys = AdminGuard(KeysApp(res.pools), config.admin_token)
         routes.append(Route("/admin/keys", AllowMethods(("GET",), keys)))
         if res.reloadable is not None:
-            reload = AdminGuard(ReloadEndpoint(res.reloadable), config.admin_token)
+            reload = AdminGuard(ReloadApp(res.reloadable), config.admin_token)
             routes.append(Route("/admin/reload", AllowMethods(("POST",), reload)))
         page = StatusPage(config=config, pools=res.pools, metrics=res.metrics, clients=res.directory)
         routes.append(Route("/admin", AllowMethods(("GET",), page)))
         routes.append(Route("/admin/login", AllowMethods(("POST",), page)))
-    routes.append(Route("/metrics", AllowMethods(("GET",), metrics_endpoint)))
+    routes.append(Route("/metrics", AllowMethods(("GET",), metrics_app)))
     everything = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
     return Router(routes=routes, default=AllowMethods(everything, not_found))
 
@@ -179,7 +176,7 @@ def build_stack(config: Config, res: Resources) -> list[tuple[Any, dict[str, Any
         (AuthMiddleware, {"clients": config.clients, "directory": res.directory}),
         (DefaultsMiddleware, defaults),
         (ClientLimitsMiddleware, client_limits),
-        (FallbackMiddleware, {"chains": config.fallbacks, "deadline": config.timeouts.total}),
+        (FallbackMiddleware, {"chains": config.fallbacks, "timeout": config.timeouts.total}),
         *([(HedgingMiddleware, {"delay": hedging.delay, "models": hedging.models})] if hedging else []),
         (RotationMiddleware, rotation),
     ]

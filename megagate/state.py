@@ -87,7 +87,7 @@ class RequestState:
     attempts: list[Attempt] = field(default_factory=list)  # RotationMiddleware appends; HedgingMiddleware merges
     fallbacks: list[tuple[str, str]] = field(default_factory=list)  # FallbackMiddleware: (from model, to model)
     answer: ClientAnswer | None = None  # the endpoint answering the current attempt (proxy, or a local answer)
-    local_answer: str | None = None  # CountTokensEndpoint: why megagate answered itself (a token count)
+    local_answer: str | None = None  # CountTokensApp: why megagate answered itself (a token count)
     dropped_tools: list[str] = field(default_factory=list)  # the proxy: hosted tools the translation left out
 
     @property

@@ -165,7 +165,7 @@ async def test_a_client_that_disconnects_cancels_the_upstream_call_at_once() -> 
     recorder = Recorder()
     async with anyio.create_task_group() as group:
         group.start_soon(app, http_scope("/v1/chat/completions"), receive, recorder)
-        await anyio.sleep(0.05)
+        await anyio.wait_all_tasks_blocked()  # the first event relayed, the upstream hanging: no wall-clock guess
         assert transport.open_responses == 1
         left.set()
     assert transport.open_responses == 0 and await in_flight(app) == [0, 0]

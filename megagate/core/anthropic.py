@@ -33,7 +33,9 @@ ANTHROPIC_RULES: Mapping[str, FieldRule] = {
 }
 
 
-class Usage(msgspec.Struct):
+class MessageUsage(msgspec.Struct):
+    """An Anthropic message's `usage` (megagate's own record is `schemas.Usage`, in OpenAI's terms)."""
+
     input_tokens: int = 0
     output_tokens: int = 0
 
@@ -55,7 +57,7 @@ class Message(msgspec.Struct):
     model: str
     content: list[ContentBlock]
     stop_reason: str | None
-    usage: Usage
+    usage: MessageUsage
     stop_sequence: str | None = None
     type: str = "message"
     role: str = "assistant"
@@ -80,7 +82,7 @@ class StreamEvent(msgspec.Struct, omit_defaults=True):
     index: int | None = None
     content_block: ContentBlock | None = None
     delta: Delta | None = None
-    usage: Usage | None = None
+    usage: MessageUsage | None = None
     error: dict[str, Any] | None = None
 
 
@@ -89,14 +91,14 @@ event_decoder = msgspec.json.Decoder(StreamEvent)
 
 
 class _UsageView(msgspec.Struct):
-    usage: Usage | None = None
+    usage: MessageUsage | None = None
     message: _UsageView | None = None
 
 
 _usage_view = msgspec.json.Decoder(_UsageView)
 
 
-def read_usage(data: bytes) -> Usage | None:
+def read_message_usage(data: bytes) -> MessageUsage | None:
     """`usage` of a message, or of a message_start / message_delta event; None if there is none (no decode then)."""
     if b'"usage"' not in data:
         return None

@@ -98,7 +98,7 @@ usage_decoder = msgspec.json.Decoder(UsageView)
 model_list_decoder = msgspec.json.Decoder(ModelList)
 
 
-def read_usage(data: bytes) -> Usage | None:
+def read_chat_usage(data: bytes) -> Usage | None:
     """`usage` of an OpenAI answer or chunk, or None. Cheap for the chunks that carry none: no JSON decode."""
     if b'"usage"' not in data:
         return None

@@ -26,7 +26,7 @@ from megagate.core import anthropic
 from megagate.core.errors import Format, MegagateError, UpstreamError, UpstreamProtocolError, render_error
 from megagate.core.responses import response_object
 from megagate.core.responses_stream import ChatToResponsesStream, failed_response, responses_event
-from megagate.core.schemas import Usage, read_usage
+from megagate.core.schemas import Usage, read_chat_usage
 from megagate.core.sse import ServerSentEvent, SSEDecoder
 from megagate.core.translate_stream import DONE, AnthropicToOpenAIStream
 
@@ -126,8 +126,8 @@ def stream_error_event(error: MegagateError, fmt: Format, trail: ResponsesTrail 
 def usage_of(data: bytes, fmt: Format) -> Usage | None:
     """Usage from an answer or event in format `fmt`, as OpenAI counts it."""
     if fmt == "openai":
-        return read_usage(data)
-    usage = anthropic.read_usage(data)
+        return read_chat_usage(data)
+    usage = anthropic.read_message_usage(data)
     if usage is None:
         return None
     return Usage(usage.input_tokens, usage.output_tokens, usage.input_tokens + usage.output_tokens)

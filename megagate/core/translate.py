@@ -314,7 +314,7 @@ def openai_to_anthropic_response(body: bytes) -> bytes:
         model=completion.model,
         content=content,
         stop_reason=FINISH_TO_STOP.get(choice.finish_reason or "stop", "end_turn") if choice else "end_turn",
-        usage=anthropic.Usage(input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens),
+        usage=anthropic.MessageUsage(input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens),
     )
     return _encoder.encode(message)
 

@@ -48,7 +48,7 @@ class OpenAIToAnthropicStream:
         out: list[bytes] = []
         if not self.started:
             self.started = True
-            message = anthropic.Message(chunk.id, chunk.model or self.model, [], None, anthropic.Usage(0, 0))
+            message = anthropic.Message(chunk.id, chunk.model or self.model, [], None, anthropic.MessageUsage(0, 0))
             out.append(anthropic_event("message_start", {"type": "message_start", "message": message}))
         for choice in chunk.choices:
             if choice.index != 0:
@@ -85,7 +85,7 @@ class OpenAIToAnthropicStream:
         self.finished = True
         out: list[bytes] = []
         self._close(out)
-        usage = anthropic.Usage(self.usage.prompt_tokens, self.usage.completion_tokens)
+        usage = anthropic.MessageUsage(self.usage.prompt_tokens, self.usage.completion_tokens)
         delta = anthropic.Delta(stop_reason=self.stop_reason)
         out.append(anthropic_event("message_delta", {"type": "message_delta", "delta": delta, "usage": usage}))
         out.append(anthropic_event("message_stop", {"type": "message_stop"}))

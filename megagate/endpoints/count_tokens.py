@@ -25,7 +25,7 @@ class _Count(msgspec.Struct):
     input_tokens: int
 
 
-class CountTokensEndpoint:
+class CountTokensApp:
     """Count with `proxy` (an UpstreamProxy) where an upstream can, estimate locally where none can: the target is
     RotationMiddleware's (`state.target`), None when no Anthropic-format upstream serves the model."""
 

@@ -43,7 +43,7 @@ def _anthropic_list(models: list[Model]) -> _AnthropicModelList:
     return _AnthropicModelList(data, False, data[0].id if data else None, data[-1].id if data else None)
 
 
-class ModelsEndpoint:
+class ModelsApp:
     """Serves the merged model list. A failed refresh keeps serving the last good list."""
 
     def __init__(

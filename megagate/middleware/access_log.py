@@ -11,12 +11,11 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
-from megagate.asgi import ASGIApp, Headers, Receive, Scope, Send, header, observe_response
+from megagate.asgi import ASGIApp, Clock, Headers, Receive, Scope, Send, header, observe_response
 from megagate.state import get_client, get_state, route_of
 
 logger = logging.getLogger("megagate.access")
@@ -25,9 +24,7 @@ _encoder = msgspec.json.Encoder()
 
 
 class AccessLogMiddleware:
-    def __init__(
-        self, app: ASGIApp, *, clock: Callable[[], float] = time.monotonic, text: bool = False, log: bool = True
-    ) -> None:
+    def __init__(self, app: ASGIApp, *, clock: Clock = time.monotonic, text: bool = False, log: bool = True) -> None:
         self.app = app
         self.clock = clock
         self.text = text  # a short human line instead of JSON (log_format = "text")

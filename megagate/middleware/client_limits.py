@@ -8,12 +8,11 @@ the upstream key scheduler (one window per client, held by `auth.Client`).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any, Protocol
 
 import anyio
 
-from megagate.asgi import ASGIApp, Receive, Scope, Send
+from megagate.asgi import ASGIApp, Clock, Receive, Scope, Send
 from megagate.config import ClientConfig
 from megagate.core.errors import PermissionDenied, RateLimited
 from megagate.state import RequestState, get_client, get_state
@@ -34,7 +33,7 @@ class ClientLimitsMiddleware:
         self,
         app: ASGIApp,
         *,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = time.monotonic,
         default_max_tokens: int = 1024,
         shared: SharedWindows | None = None,
     ) -> None:

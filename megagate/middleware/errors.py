@@ -1,4 +1,5 @@
-"""ErrorsMiddleware: the outermost layer; renders any error raised inside into the route's own error envelope."""
+"""ErrorsMiddleware: renders any error raised inside it into the route's own error envelope (metrics and the access
+log sit outside it, so they see the rendered status)."""
 
 from __future__ import annotations
 

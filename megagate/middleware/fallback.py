@@ -26,7 +26,7 @@ from megagate.core.outcome import classify, fallback_switch
 from megagate.state import RequestState, get_state
 
 logger = logging.getLogger("megagate.fallback")
-DEADLINE_HEADER = b"x-megagate-timeout"  # a client may shorten (never lengthen) its request's deadline, in seconds
+TIMEOUT_HEADER = b"x-megagate-timeout"  # a client may shorten (never lengthen) its request's deadline, in seconds
 
 
 def _chain(model: str, requested: Sequence[str] | None, configured: Mapping[str, Sequence[str]]) -> list[str]:
@@ -40,19 +40,20 @@ class FallbackMiddleware:
         app: ASGIApp,
         *,
         chains: Mapping[str, Sequence[str]] | None = None,
-        deadline: float = 600.0,
+        timeout: float = 600.0,
     ) -> None:
         self.app = app
         self.chains = dict(chains or {})
-        self.deadline = deadline
+        self.timeout = timeout  # seconds for the whole request, every attempt together
 
-    def _deadline(self, scope: Scope) -> float:
-        value = header(scope, DEADLINE_HEADER)
+    def _timeout(self, scope: Scope) -> float:
+        """The configured timeout, or the client's shorter one (never longer)."""
+        value = header(scope, TIMEOUT_HEADER)
         try:
-            asked = float(value) if value else self.deadline
+            asked = float(value) if value else self.timeout
         except ValueError:
-            asked = self.deadline
-        return min(self.deadline, asked) if asked > 0 else self.deadline
+            asked = self.timeout
+        return min(self.timeout, asked) if asked > 0 else self.timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = get_state(scope) if scope["type"] == "http" else None
@@ -65,12 +66,12 @@ class FallbackMiddleware:
             return [*headers, (b"x-megagate-model", state.served_model.encode()), (b"x-megagate-attempts", attempts)]
 
         observer, send = observe_response(scope, send)
-        deadline = self._deadline(scope)
-        with Deadline(deadline), observer.adding_headers(report):
+        timeout = self._timeout(scope)
+        with Deadline(timeout), observer.adding_headers(report):
             await self._try_chain(scope, receive, send, state)
             return
         # The deadline passed. Before the first byte that is a 504; after it, the answer ends it visibly.
-        error = UpstreamTimeout(f"no complete answer within the request deadline of {deadline:g} s")
+        error = UpstreamTimeout(f"no complete answer within the request deadline of {timeout:g} s")
         if state.answer is None or not state.answer.started:
             raise error
         await state.answer.end(error)

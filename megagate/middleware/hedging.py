@@ -19,7 +19,9 @@ from megagate.state import RequestState, get_state, set_state
 
 
 @dataclasses.dataclass(eq=False)
-class _Attempt:
+class _Racer:
+    """One of the two copies of the request in the race: its own scope and state, so neither sees the other's."""
+
     scope: Scope
     state: RequestState
     cancel_scope: anyio.CancelScope = dataclasses.field(default_factory=anyio.CancelScope)
@@ -27,13 +29,13 @@ class _Attempt:
     error: Exception | None = None
 
 
-def _fork(scope: Scope, state: RequestState) -> _Attempt:
+def _fork(scope: Scope, state: RequestState) -> _Racer:
     request = dataclasses.replace(state.request, fields=dict(state.request.fields))
     forked_state = dataclasses.replace(state, request=request, attempts=[])
     forked_scope = dict(scope)
     forked_scope["state"] = dict(scope.get("state") or {})
     set_state(forked_scope, forked_state)
-    return _Attempt(forked_scope, forked_state)
+    return _Racer(forked_scope, forked_state)
 
 
 class HedgingMiddleware:
@@ -47,63 +49,63 @@ class HedgingMiddleware:
             await self.app(scope, receive, send)
             return
         disconnected = anyio.Event()
-        attempts: list[_Attempt] = []
-        winner: _Attempt | None = None
+        racers: list[_Racer] = []
+        winner: _Racer | None = None
 
         async def receive_disconnect() -> Message:
             await disconnected.wait()
             return {"type": "http.disconnect"}
 
-        async def run(attempt: _Attempt) -> None:
+        async def run(racer: _Racer) -> None:
             async def send_if_first(message: Message) -> None:
                 nonlocal winner
                 if winner is None:
-                    winner = attempt
-                    for other in attempts:
-                        if other is not attempt:
+                    winner = racer
+                    for other in racers:
+                        if other is not racer:
                             other.cancel_scope.cancel()
-                    attempt.settled.set()
-                    _record_attempts(state, attempts, attempt)  # before the first message: headers report them
-                    _adopt(state, attempt)
-                if winner is not attempt:
+                    racer.settled.set()
+                    _record_attempts(state, racers, racer)  # before the first message: headers report them
+                    _adopt(state, racer)
+                if winner is not racer:
                     await anyio.sleep_forever()  # lost the race; cancelled right away
                 await send(message)
 
-            with attempt.cancel_scope:
+            with racer.cancel_scope:
                 try:
-                    body = replay_body(attempt.state.request.encode(), receive_disconnect)
-                    await self.app(attempt.scope, body, send_if_first)
-                except Exception as error:  # noqa: BLE001 -- kept, and raised below unless the other attempt wins
-                    attempt.error = error
-            attempt.settled.set()
+                    body = replay_body(racer.state.request.encode(), receive_disconnect)
+                    await self.app(racer.scope, body, send_if_first)
+                except Exception as error:  # noqa: BLE001 -- kept, and raised below unless the other racer wins
+                    racer.error = error
+            racer.settled.set()
 
         async with anyio.create_task_group() as watcher:
             watcher.start_soon(_watch_disconnect, receive, disconnected)
-            async with anyio.create_task_group() as racers:
-                attempts.append(_fork(scope, state))
-                racers.start_soon(run, attempts[0])
+            async with anyio.create_task_group() as race:
+                racers.append(_fork(scope, state))
+                race.start_soon(run, racers[0])
                 with anyio.move_on_after(self.policy.delay):
-                    await attempts[0].settled.wait()
-                if not attempts[0].settled.is_set():
-                    attempts.append(_fork(scope, state))
-                    racers.start_soon(run, attempts[1])
+                    await racers[0].settled.wait()
+                if not racers[0].settled.is_set():
+                    racers.append(_fork(scope, state))
+                    race.start_soon(run, racers[1])
             watcher.cancel_scope.cancel()
-        chosen = winner or attempts[-1]
+        chosen = winner or racers[-1]
         if winner is None:
-            _record_attempts(state, attempts, chosen)
+            _record_attempts(state, racers, chosen)
         _adopt(state, chosen)  # again: a stream's usage arrives after its first event
         if chosen.error is not None:
             raise chosen.error
 
 
-def _adopt(state: RequestState, chosen: _Attempt) -> None:
+def _adopt(state: RequestState, chosen: _Racer) -> None:
     """The chosen racer's decisions become the request's: every field but the attempt list, so that a field added
     to RequestState is never lost under hedging."""
     for name in _ADOPTED:
         setattr(state, name, getattr(chosen.state, name))
 
 
-def _record_attempts(state: RequestState, racers: list[_Attempt], chosen: _Attempt) -> None:
+def _record_attempts(state: RequestState, racers: list[_Racer], chosen: _Racer) -> None:
     """Append what every racer tried, the chosen one's last (its attempt is the one that served)."""
     for racer in [*(r for r in racers if r is not chosen), chosen]:
         state.attempts.extend(racer.state.attempts)

@@ -8,9 +8,8 @@ upstream attempts by outcome and fallbacks from the request state; and tracks re
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
-from megagate.asgi import ASGIApp, Receive, Scope, Send, observe_response
+from megagate.asgi import ASGIApp, Clock, Receive, Scope, Send, observe_response
 from megagate.ops.prometheus import Metrics
 from megagate.state import get_client, get_state, route_of
 
@@ -18,7 +17,7 @@ OPERATOR_ROUTES = frozenset({"/metrics", "/healthz", "/readyz", "/admin/keys"})
 
 
 class MetricsMiddleware:
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, clock: Clock = time.monotonic) -> None:
         self.app = app
         self.metrics = metrics
         self.clock = clock

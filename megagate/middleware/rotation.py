@@ -16,7 +16,7 @@ from contextlib import nullcontext
 
 import anyio
 
-from megagate.asgi import ASGIApp, Receive, Scope, Send, header, replay_body
+from megagate.asgi import ASGIApp, Clock, Receive, Scope, Send, header, replay_body
 from megagate.config import Rotation
 from megagate.core.errors import (
     MegagateError,
@@ -47,7 +47,7 @@ class RotationMiddleware:
         pools: Mapping[str, KeyPool],
         route: Callable[[str, Endpoint], Target | None] | None = None,
         rotation: Rotation | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = time.monotonic,
     ) -> None:
         rotation = rotation or Rotation()
         self.app = app

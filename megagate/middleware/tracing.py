@@ -11,17 +11,14 @@ trace context goes upstream as `traceparent`, so the upstream's spans join the t
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.propagate import inject
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from megagate.asgi import ASGIApp, Receive, Scope, Send, observe_response
+from megagate.asgi import ASGIApp, Clock, Receive, Scope, Send, observe_response
 from megagate.state import get_state, route_of
-
-Clock = Callable[[], float]
 
 
 class TracingMiddleware:

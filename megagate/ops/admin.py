@@ -38,7 +38,7 @@ class AdminGuard:
         await self.endpoint(scope, receive, send)  # type: ignore[operator]
 
 
-class KeysEndpoint:
+class KeysApp:
     def __init__(self, pools: Mapping[str, KeyPool]) -> None:
         self.pools = pools
 

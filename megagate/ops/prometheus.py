@@ -126,7 +126,7 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-class MetricsEndpoint:
+class MetricsApp:
     def __init__(self, metrics: Metrics, pools: Mapping[str, KeyPool]) -> None:
         self.metrics = metrics
         self.pools = pools

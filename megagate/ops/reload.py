@@ -93,7 +93,7 @@ def restart_needed(old: Config, new: Config) -> str | None:
     return next((field for field in NEEDS_RESTART if getattr(old, field) != getattr(new, field)), None)
 
 
-class ReloadEndpoint:
+class ReloadApp:
     """`POST /admin/reload` (behind the admin token): 200 with what changed and how many workers were told, or 400
     with the one-line reason (then no sibling is told: the same file would be refused there too)."""
 

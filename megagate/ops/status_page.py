@@ -13,12 +13,11 @@ import hashlib
 import hmac
 import html
 import time
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
 
 from megagate import __version__
-from megagate.asgi import Receive, Scope, Send, header, read_body
+from megagate.asgi import Clock, Receive, Scope, Send, header, read_body
 from megagate.config import Config
 from megagate.ops.prometheus import Metrics
 from megagate.pool import KeyPool, KeyReport
@@ -54,7 +53,7 @@ class StatusPage:
         pools: dict[str, KeyPool],
         metrics: Metrics,
         clients: Any = None,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = time.time,
     ) -> None:
         assert config.admin_token is not None
         self.config = config

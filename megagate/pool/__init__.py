@@ -8,14 +8,12 @@ view and metrics). `local.LocalKeyPool` wraps the pure `core.scheduler.KeySchedu
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Literal, Protocol
 
 import msgspec
 
 from megagate.core.outcome import Outcome
 
-Clock = Callable[[], float]
 # When the scheduler cannot say when a key frees up (only a release can), suggest this Retry-After.
 RETRY_AFTER_UNKNOWN = 1.0
 AFFINITY_SESSIONS = 10_000  # sessions remembered per pool (least recent forgotten first)

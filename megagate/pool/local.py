@@ -8,12 +8,13 @@ from collections.abc import Sequence
 
 import anyio
 
+from megagate.asgi import Clock
 from megagate.config import KeyConfig, Rotation
 from megagate.core.errors import NoKeyAvailable, NoUsableKey
 from megagate.core.outcome import Outcome
 from megagate.core.scheduler import KeyLimits, KeyScheduler, Lease
 from megagate.core.secrets import key_id, mask_key
-from megagate.pool import AFFINITY_SESSIONS, RETRY_AFTER_UNKNOWN, Clock, KeyLease, KeyReport
+from megagate.pool import AFFINITY_SESSIONS, RETRY_AFTER_UNKNOWN, KeyLease, KeyReport
 
 
 class LocalKeyPool:

@@ -21,12 +21,13 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import anyio
 
+from megagate.asgi import Clock
 from megagate.config import KeyConfig, Rotation
 from megagate.core.errors import NoKeyAvailable, NoUsableKey, PoolUnavailable, RedisError
 from megagate.core.outcome import Outcome
@@ -66,7 +67,7 @@ class RedisKeyPool:
         lease_ttl: float = 60.0,
         on_redis_error: Literal["fail", "local"] = "fail",
         workers: int = 1,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = time.monotonic,
     ) -> None:
         self.rotation = rotation or Rotation()
         self.upstream = upstream

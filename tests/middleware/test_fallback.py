@@ -141,14 +141,14 @@ async def test_a_fallback_model_no_upstream_serves_is_skipped() -> None:
 async def test_the_request_deadline_bounds_every_attempt_together() -> None:
     app = ScriptedModels({"a": UpstreamStatus(500, "down")}, stall={"b"})
     with anyio.fail_after(2):
-        result, _ = await call(app, ask(fallback_models=["b"]), deadline=0.2)
+        result, _ = await call(app, ask(fallback_models=["b"]), timeout=0.2)
     assert result.status == 504 and result.json()["error"]["type"] == "timeout_error"
     # a client may ask for a shorter deadline, never a longer one
-    result, _ = await call(ScriptedModels(), ask(), [(b"x-megagate-timeout", b"30")], deadline=0.2)
+    result, _ = await call(ScriptedModels(), ask(), [(b"x-megagate-timeout", b"30")], timeout=0.2)
     assert result.status == 200
     app = ScriptedModels(stall={"a"})
     with anyio.fail_after(2):
-        result, _ = await call(app, ask(), [(b"x-megagate-timeout", b"0.1")], deadline=30)
+        result, _ = await call(app, ask(), [(b"x-megagate-timeout", b"0.1")], timeout=30)
     assert result.status == 504
 
 
@@ -156,14 +156,14 @@ async def test_the_request_deadline_cuts_through_a_hedged_race() -> None:
     """The deadline cancels the request's task (natively, on asyncio) while it waits on hedging's task groups."""
     app = HedgingMiddleware(ScriptedModels(stall={"a"}), delay=0.05)
     with anyio.fail_after(2):
-        result, _ = await call(app, ask(), deadline=0.3)
+        result, _ = await call(app, ask(), timeout=0.3)
     assert result.status == 504 and result.json()["error"]["type"] == "timeout_error"
 
 
 async def test_a_stream_past_its_deadline_ends_with_an_error_event() -> None:
     app = ScriptedModels()
     with anyio.fail_after(2):
-        result, _ = await call(app, ask(stream=True), deadline=0.2)
+        result, _ = await call(app, ask(stream=True), timeout=0.2)
     assert result.status == 200 and result.header(b"x-megagate-model") == b"a"
     assert result.body.startswith(b"data: {}\n\n") and result.body.endswith(b"data: [DONE]\n\n")
     assert b'"type":"timeout_error"' in result.body

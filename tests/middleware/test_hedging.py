@@ -21,18 +21,22 @@ DEFAULTS = RequestDefaults.from_values("m", {}, OPENAI_RULES)
 
 
 class Attempts:
-    """Attempt n behaves as `script[n]`: "stall", "answer", "slow" (answers after 0.3 s) or an exception."""
+    """Attempt n behaves as `script[n]`: "stall", "answer", "slow" (answers once the backup has started: no
+    wall-clock race) or an exception."""
 
     def __init__(self, *script: Any) -> None:
         self.script = list(script)
         self.calls = 0
         self.cancelled: list[int] = []
+        self.backup_started = anyio.Event()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         state = get_state(scope)
         assert state is not None
         number = self.calls
         self.calls += 1
+        if number == 1:
+            self.backup_started.set()
         state.attempts.append(Attempt("m", "up", f"key-{number}"))
         action = self.script[number]
         try:
@@ -41,7 +45,7 @@ class Attempts:
             if action == "stall":
                 await anyio.sleep_forever()
             if action == "slow":
-                await anyio.sleep(0.3)
+                await self.backup_started.wait()
         except anyio.get_cancelled_exc_class():
             self.cancelled.append(number)
             raise
@@ -91,14 +95,16 @@ async def test_a_failure_before_the_delay_is_raised_without_a_backup() -> None:
 
 async def test_when_both_fail_an_error_is_raised() -> None:
     calls: list[int] = []
+    backup_failed = anyio.Event()
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         calls.append(len(calls))
         get_state(scope).attempts.append(Attempt("m", "up", f"key-{len(calls)}"))  # type: ignore[union-attr]
         if len(calls) == 1:
-            await anyio.sleep(0.3)
+            await backup_failed.wait()
             raise UpstreamStatus(500, "primary down")
-        raise UpstreamStatus(503, "backup down")  # the last attempt to fail is the one told
+        backup_failed.set()
+        raise UpstreamStatus(503, "backup down")  # the backup (the last racer started) is the one told
 
     result, state = await call(app, delay=0.1)
     assert result.status == 503 and len(state.attempts) == 2 and "down" in result.json()["error"]["message"]
