@@ -23,6 +23,7 @@ from megagate.core.errors import ConfigError
 from megagate.middleware.auth import ClientDirectory
 from megagate.ops.prometheus import Metrics
 from megagate.ops.reload import changes, restart_needed
+from megagate.parent_watch import leave_with, serving_parent
 from megagate.pool import KeyPool
 from megagate.pool.local import LocalKeyPool
 from megagate.upstream import Transport
@@ -132,9 +133,10 @@ class Gateway:
         }  # fmt: skip
 
     @asynccontextmanager
-    async def running(self, *, reload_on_sighup: bool = False) -> AsyncIterator[Gateway]:
-        """The gateway's resources for as long as it serves: the Redis client, the pools' lease renewal and (its
-        own lifespan asks for it) a reload on SIGHUP. An app that mounts the gateway enters it in its lifespan."""
+    async def running(self, *, own_process: bool = False) -> AsyncIterator[Gateway]:
+        """The gateway's resources for as long as it serves: the Redis client, the pools' lease renewal and, when
+        the process is megagate's own (its lifespan says so), a reload on SIGHUP and leaving with a dead parent
+        (`megagate.parent_watch`). An app that mounts the gateway enters it in its lifespan."""
         async with AsyncExitStack() as stack:
             stack.push_async_callback(self.aclose)
             if self.redis is not None:
@@ -142,8 +144,10 @@ class Gateway:
             group = await stack.enter_async_context(anyio.create_task_group())
             if self.redis is not None:
                 group.start_soon(self._maintain_pools)
-            if reload_on_sighup and hasattr(signal, "SIGHUP"):
+            if own_process and hasattr(signal, "SIGHUP"):
                 group.start_soon(self._reload_on_sighup)
+            if own_process and (parent := serving_parent()) is not None:
+                group.start_soon(leave_with, parent)
             if self.loader is not None and (path := config_file()) is not None:
                 group.start_soon(self._reload_on_change, path)
             try:
@@ -239,7 +243,7 @@ async def _lifespan(receive: Receive, send: Send, build: Callable[[], Gateway]) 
         logger.error("megagate: bad configuration: %s", exc)
         await send({"type": "lifespan.startup.failed", "message": f"megagate: bad configuration: {exc}"})
         return
-    async with gateway.running(reload_on_sighup=True):
+    async with gateway.running(own_process=True):
         await send({"type": "lifespan.startup.complete"})
         while (await receive())["type"] != "lifespan.shutdown":
             pass

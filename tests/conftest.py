@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -16,8 +18,31 @@ import msgspec
 import pytest
 
 from megagate.serve import free_port
+from tests import processes
 
 HYPERCORN_TOML = Path(__file__).resolve().parent.parent / "hypercorn.toml"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Mark every process the suite starts (the mark is inherited, and outlives reparenting to PID 1)."""
+    os.environ.setdefault(processes.SUITE_MARK, f"{os.getpid()}-{time.time_ns()}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run when a process the suite started outlives it: name it, then kill it so none piles up."""
+    # multiprocessing's resource tracker, when a test spawned in this process, ends with pytest itself.
+    ours = [p for p in processes.marked(os.environ[processes.SUITE_MARK]) if not processes.resource_tracker_of_ours(p)]
+    left = processes.wait_gone(ours, timeout=10)
+    if not left:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_sep("=", "processes left behind", red=True)
+    for pid in left:
+        line = f"a process started by the suite outlived it (killed now): pid {pid}: {processes.command_line(pid)}"
+        reporter.write_line(line, red=True) if reporter is not None else print(line, file=sys.stderr)
+    processes.kill(left)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -40,14 +65,20 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 
 
 
 class Process:
-    """A child process with its output captured to a file, so tests can grep what it printed."""
+    """A child process with its output captured to a file, so tests can grep what it printed. It leads a process
+    group of its own, so stop() and kill() reach what it started (hypercorn's workers) too."""
 
     def __init__(self, args: list[str], port: int, log: Path, env: dict[str, str] | None = None) -> None:
         self.port = port
         self.log = log
         self._file = open(log, "wb")  # noqa: SIM115 -- lives as long as the process; closed in stop()
-        self.popen = subprocess.Popen(args, stdout=self._file, stderr=subprocess.STDOUT, env=env)
-        wait_for_port(port, self.popen)
+        self.popen = subprocess.Popen(args, stdout=self._file, stderr=subprocess.STDOUT, env=env,
+                                      start_new_session=True)  # fmt: skip
+        try:
+            wait_for_port(port, self.popen)
+        except BaseException:
+            self.stop()
+            raise
 
     @property
     def url(self) -> str:
@@ -59,12 +90,17 @@ class Process:
         return self.log.read_text(errors="replace")
 
     def stop(self) -> None:
+        """Ask it to shut down (hypercorn's parent stops its workers gracefully), then reap its group."""
         self.popen.terminate()
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(10)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait()
+        self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL the whole group at once, as a container's hard stop or a crashed machine would."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen.wait()
         self._file.close()
 
 
@@ -73,8 +109,8 @@ def start_fake(tmp: Path, *extra: str) -> Process:
     return Process([sys.executable, "-m", "megagate.fake", "--port", str(port), *extra], port, tmp / f"fake-{port}.log")
 
 
-def start_gateway(tmp: Path, config_toml: str, *hypercorn_args: str) -> Process:
-    port = free_port()
+def start_gateway(tmp: Path, config_toml: str, *hypercorn_args: str, port: int | None = None) -> Process:
+    port = port or free_port()
     config = tmp / f"megagate-{port}.toml"
     config.write_text(config_toml)
     env = {**os.environ, "MEGAGATE_CONFIG": str(config)}
