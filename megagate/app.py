@@ -19,7 +19,7 @@ import anyio
 from megagate.asgi import ASGIApp, Clock, Receive, Scope, Send
 from megagate.assembly import Resources, assemble, build_transport
 from megagate.config import Config, config_file, load_config, prometheus_multiprocess
-from megagate.core.errors import ConfigError
+from megagate.core.errors import ConfigError, RedisError
 from megagate.middleware.auth import ClientDirectory
 from megagate.ops.prometheus import Metrics
 from megagate.ops.reload import changes, restart_needed
@@ -123,7 +123,11 @@ class Gateway:
         timeout = min(config.timeouts.pool, 2.0)
         assert settings.redis_url is not None  # config validation requires it with store = "redis"
         if self.redis is None:  # opened once; a reload keeps it (a different store needs a restart)
-            self.redis = RedisClient.from_url(settings.redis_url, timeout=timeout)
+            try:
+                self.redis = RedisClient.from_url(settings.redis_url, timeout=timeout,
+                                                  max_connections=settings.redis_max_connections)  # fmt: skip
+            except ValueError as exc:  # a TLS file that cannot be read
+                raise ConfigError(f"pool.redis_url: {exc}") from None
         self.client_windows = RedisClientWindows(self.redis, prefix=settings.prefix)
         return {
             u.name: RedisKeyPool(u.name, u.key_configs, config.rotation, client=self.redis, prefix=settings.prefix,
@@ -141,6 +145,7 @@ class Gateway:
             stack.push_async_callback(self.aclose)
             if self.redis is not None:
                 await stack.enter_async_context(self.redis)
+                await self._say_if_redis_is_unreachable()  # before serving: the line comes first (within the timeout)
             group = await stack.enter_async_context(anyio.create_task_group())
             if self.redis is not None:
                 group.start_soon(self._maintain_pools)
@@ -156,10 +161,28 @@ class Gateway:
                 group.cancel_scope.cancel()
 
     async def _maintain_pools(self) -> None:
+        """Renew leases and refresh each pool's state every third of the lease TTL, for as long as the gateway
+        runs: a failure is logged and the next round tries again (a dead loop would let long streams' leases
+        lapse and freeze `usable`)."""
         while True:  # the current pools, whichever reload made them: they share the leases to renew
             await anyio.sleep(self.config.pool.lease_ttl / 3)
-            for pool in list(self.pools.values()):
-                await pool.maintain()  # type: ignore[attr-defined]
+            for name, pool in list(self.pools.items()):
+                try:
+                    await pool.maintain()  # type: ignore[attr-defined]
+                except Exception:
+                    logger.exception("megagate: maintaining the key pool of %s failed; trying again", name)
+
+    async def _say_if_redis_is_unreachable(self) -> None:
+        """One line at start-up when the shared store cannot be reached (a wrong CA, a wrong password): requests
+        meet `on_redis_error` until it answers, and the operator should know why at once."""
+        try:
+            await self.redis.execute("PING")
+        except RedisError as exc:
+            logger.warning(
+                "megagate: the shared key pool's Redis does not answer yet: %s; requests get %s until it does",
+                exc,
+                "503" if self.config.pool.on_redis_error == "fail" else "local pools",
+            )
 
     async def _reload_on_change(self, path: Path) -> None:
         """`watch = true`: look at the file every WATCH_EVERY seconds and reload when its mtime or size changes (a

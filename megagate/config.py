@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from megagate.core.errors import ConfigError
+from megagate.core.redis_url import RedisURLError, parse_redis_url
 from megagate.core.scheduler import KeyLimits
 from megagate.core.secrets import key_id
 
@@ -153,7 +154,10 @@ class PoolSettings(_Config, frozen=True):
 
     store: Literal["memory", "redis"] = "memory"
     redis_url: str | None = None
-    prefix: str = "megagate"  # namespace of megagate's keys in Redis (they hold key ids only, never a secret)
+    # namespace of megagate's keys in Redis (they hold key ids only, never a secret); used as a cluster hash tag,
+    # {prefix}, unless it already holds one, so that every script's keys share a slot (pool/redis_store.py)
+    prefix: str = "megagate"
+    redis_max_connections: PositiveInt = 32  # per process; callers wait for a free one within timeouts.pool
     lease_ttl: PositiveFloat = 60.0  # seconds a dead worker's slot stays taken; live streams renew theirs
     on_redis_error: Literal["fail", "local"] = "fail"  # 503 + Retry-After, or local pools at limits / workers
     workers: PositiveInt = 1  # processes sharing the keys: what the local fallback divides each limit by
@@ -204,8 +208,8 @@ class Config(_Config, frozen=True):
                 raise ConfigError(f"clients[{index}].key_sha256: must be 64 hex digits (megagate hash-key prints it)")
         if self.pool.store == "redis" and not self.pool.redis_url:
             raise ConfigError('pool.redis_url: required with store = "redis" (or set MEGAGATE_REDIS_URL)')
-        if self.pool.redis_url and not self.pool.redis_url.startswith(("redis://", "rediss://")):
-            raise ConfigError("pool.redis_url: must be redis://[user:password@]host[:port][/db] or rediss://...")
+        if self.pool.redis_url:
+            _check_redis_url(self.pool.redis_url)
         if len({c.digest for c in self.clients}) != len(self.clients):
             raise ConfigError("clients: two clients share a key")
         for index, upstream in enumerate(self.upstreams):
@@ -315,3 +319,18 @@ def log_level(environ: Mapping[str, str] | None = None) -> str:
 def prometheus_multiprocess(environ: Mapping[str, str] | None = None) -> bool:
     """Whether prometheus-client's multiprocess mode is on (`PROMETHEUS_MULTIPROC_DIR`, the library's own switch)."""
     return bool((os.environ if environ is None else environ).get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+def _check_redis_url(url: str) -> None:
+    """The URL as the Redis client will read it, and the TLS files it names: one line each, at load (and so in
+    `megagate check-config`), never at the first request."""
+    try:
+        target = parse_redis_url(url)
+    except RedisURLError as exc:
+        raise ConfigError(f"pool.redis_url: {exc}") from None
+    for option, path in (("ssl_ca_certs", target.ca_certs), ("ssl_certfile", target.certfile),
+                         ("ssl_keyfile", target.keyfile)):  # fmt: skip
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(f"pool.redis_url: {option}: no such file: {path}")
+    if target.keyfile is not None and target.certfile is None:
+        raise ConfigError("pool.redis_url: ssl_keyfile needs ssl_certfile (the client certificate)")

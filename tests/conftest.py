@@ -184,8 +184,9 @@ class RedisServer:
     """A real redis-server (Debian's package) on a free port, no persistence; stop() and start() again keep the
     port, as a restarted Redis would (with no state and no cached scripts)."""
 
-    def __init__(self, tmp: Path, *extra: str) -> None:
-        self.extra = list(extra)  # more redis-server options, e.g. --requirepass
+    def __init__(self, tmp: Path, *extra: str, tls: bool = False) -> None:
+        self.extra = list(extra)  # more redis-server options, e.g. --requirepass (with tls: the --tls-* files)
+        self.tls = tls  # TLS only: the port speaks TLS and nothing listens in the clear
         self.port = free_port()
         self.log = tmp / f"redis-{self.port}.log"
         self.popen: subprocess.Popen[bytes] | None = None
@@ -196,7 +197,8 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        ports = ["--port", "0", "--tls-port", str(self.port)] if self.tls else ["--port", str(self.port)]
+        args = ["redis-server", *ports, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                 "--logfile", str(self.log), *self.extra]  # fmt: skip
         self.popen = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_port(self.port, self.popen)
@@ -204,7 +206,11 @@ class RedisServer:
     def stop(self) -> None:
         if self.popen is not None:
             self.popen.terminate()
-            self.popen.wait(10)
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
             self.popen = None
 
 

@@ -64,6 +64,9 @@ keys = ["env:MY_KEY", {key = "literal", tier = "pro"}]
     assert len(routes._known) <= Routes.LIMIT
 
 
+UPSTREAM = '[[upstreams]]\nname = "a"\nbase_url = "http://x"\n'
+
+
 @pytest.mark.parametrize(
     ("toml", "field"),
     [
@@ -74,6 +77,11 @@ keys = ["env:MY_KEY", {key = "literal", tier = "pro"}]
         ("default_model = 3\n", "default_model"),
         ("upstreams = []\n", "upstreams"),
         ("not toml [", "MEGAGATE_CONFIG"),
+        ('[pool]\nredis_url = "redis://:pw@h:99999/0"\n' + UPSTREAM, "pool.redis_url: port"),
+        ('[pool]\nredis_url = "redis://h/one"\n' + UPSTREAM, "pool.redis_url: db"),
+        ('[pool]\nredis_url = "redis://h?socket_timeout=1"\n' + UPSTREAM, "pool.redis_url: unknown query"),
+        ('[pool]\nredis_url = "rediss://h?ssl_ca_certs=/no/ca.pem"\n' + UPSTREAM, "pool.redis_url: ssl_ca_certs"),
+        ("[pool]\nredis_max_connections = 0\n" + UPSTREAM, "pool.redis_max_connections"),
     ],
 )
 def test_bad_config_names_the_field(tmp_path: Path, toml: str, field: str) -> None:

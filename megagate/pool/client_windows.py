@@ -7,7 +7,7 @@ import secrets
 from typing import Any
 
 from megagate.pool.redis_scripts import CLIENT_ADMIT, CLIENT_SETTLE
-from megagate.pool.redis_store import REDIS_ERRORS
+from megagate.pool.redis_store import REDIS_ERRORS, hash_tagged
 from megagate.pool.resp import RedisClient
 
 logger = logging.getLogger("megagate.pool")
@@ -20,7 +20,7 @@ class RedisClientWindows:
 
     def __init__(self, client: RedisClient, *, prefix: str = "megagate") -> None:
         self.client = client
-        self.prefix = prefix
+        self.prefix = hash_tagged(prefix)  # every key of a script in one cluster slot
         self._admit = client.register_script(CLIENT_ADMIT)
         self._settle = client.register_script(CLIENT_SETTLE)
 

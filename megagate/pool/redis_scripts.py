@@ -1,7 +1,14 @@
 """The Lua scripts of the shared pool (`redis_store.RedisKeyPool`) and the shared client windows
 (`client_windows.RedisClientWindows`): each runs atomically in Redis, with `redis.call('TIME')` as the clock."""
 
+# A window is a sorted set of entry ids by time plus a hash of their tokens, whose field '=sum' keeps their total
+# (no entry id starts with '='). No script unpacks an unbounded list: Lua's unpack() fails past about 8,000 values,
+# and a key with only a tpm limit holds one entry per request of the last minute. Lists go CHUNK at a time.
 _PRUNE = """
+local CHUNK = 1000
+local function window_tokens(tokn)
+  return math.max(0, tonumber(redis.call('HGET', tokn, '=sum') or '0'))
+end
 local function window_ready_at(win, tokn, rpm, tpm, tokens, now)
   local at = now
   local count = redis.call('ZCARD', win)
@@ -10,34 +17,60 @@ local function window_ready_at(win, tokn, rpm, tpm, tokens, now)
     at = math.max(at, tonumber(oldest[2]) + 60)
   end
   if tpm > 0 and count > 0 then
-    local entries = redis.call('ZRANGE', win, 0, -1, 'WITHSCORES')
-    local ids = {}
-    for j = 1, #entries, 2 do ids[#ids + 1] = entries[j] end
-    local counts = redis.call('HMGET', tokn, unpack(ids))
-    local sum = 0
-    for j = 1, #counts do sum = sum + (tonumber(counts[j]) or 0) end
+    local sum = window_tokens(tokn)
     if sum + tokens > tpm then
-      local excess, freed = sum + tokens - tpm, false
-      for j = 1, #counts do
-        excess = excess - (tonumber(counts[j]) or 0)
-        if excess <= 0 then
-          at = math.max(at, tonumber(entries[j * 2]) + 60)
-          freed = true
-          break
+      -- the oldest entries leave first: when enough of them have left, the request fits
+      local excess, freed, last, start = sum + tokens - tpm, nil, nil, 0
+      while freed == nil and start < count do
+        local entries = redis.call('ZRANGE', win, start, start + CHUNK - 1, 'WITHSCORES')
+        if #entries == 0 then break end
+        local ids = {}
+        for j = 1, #entries, 2 do ids[#ids + 1] = entries[j] end
+        local counts = redis.call('HMGET', tokn, unpack(ids))
+        for j = 1, #counts do
+          excess = excess - (tonumber(counts[j]) or 0)
+          if excess <= 0 then
+            freed = tonumber(entries[j * 2]) + 60
+            break
+          end
         end
+        last = tonumber(entries[#entries])
+        start = start + CHUNK
       end
-      if not freed then at = math.max(at, tonumber(entries[#entries]) + 60) end
+      at = math.max(at, freed or (last + 60))
     end
   end
   return at
 end
+local function record(win, tokn, entry, tokens, now)
+  redis.call('ZADD', win, now, entry)
+  redis.call('HSET', tokn, entry, tokens)
+  redis.call('HINCRBYFLOAT', tokn, '=sum', tokens)
+  redis.call('PEXPIRE', win, 120000)
+  redis.call('PEXPIRE', tokn, 120000)
+end
 local function prune(win, tokn, lease, now)
-  local old = redis.call('ZRANGEBYSCORE', win, '-inf', now - 60)
-  if #old > 0 then
+  while true do
+    local old = redis.call('ZRANGEBYSCORE', win, '-inf', now - 60, 'LIMIT', 0, CHUNK)
+    if #old == 0 then break end
+    local gone = 0
+    for _, v in ipairs(redis.call('HMGET', tokn, unpack(old))) do gone = gone + (tonumber(v) or 0) end
     redis.call('HDEL', tokn, unpack(old))
-    redis.call('ZREMRANGEBYSCORE', win, '-inf', now - 60)
+    redis.call('ZREM', win, unpack(old))
+    if gone > 0 then redis.call('HINCRBYFLOAT', tokn, '=sum', -gone) end
+    if #old < CHUNK then break end
   end
   redis.call('ZREMRANGEBYSCORE', lease, '-inf', now)
+end
+"""
+# Settling an entry with the real usage: its count and the window's total move together.
+_SETTLE = """
+local function settle(win, tokn, entry, used)
+  if redis.call('ZSCORE', win, entry) then
+    local before = tonumber(redis.call('HGET', tokn, entry) or '0')
+    redis.call('HSET', tokn, entry, used)
+    redis.call('HINCRBYFLOAT', tokn, '=sum', tonumber(used) - before)
+  end
 end
 """
 ACQUIRE = (
@@ -103,11 +136,8 @@ for _, i in ipairs(order) do
 end
 if best ~= nil then
   local k = 2 + best * 5
-  redis.call('ZADD', KEYS[k], now, lease_id)
-  redis.call('HSET', KEYS[k + 1], lease_id, tokens)
+  record(KEYS[k], KEYS[k + 1], lease_id, tokens, now)
   redis.call('ZADD', KEYS[k + 2], now + ttl, lease_id)
-  redis.call('PEXPIRE', KEYS[k], 120000)
-  redis.call('PEXPIRE', KEYS[k + 1], 120000)
   redis.call('PEXPIRE', KEYS[k + 2], math.ceil(ttl * 2000))
   if best_probe == 1 then redis.call('HSET', KEYS[k + 3], 'probing', lease_id) end
   if best ~= prefer then redis.call('SET', KEYS[1], best + 1) end
@@ -117,14 +147,16 @@ end
 return {-1, earliest and tostring(earliest - now) or '', refused, release_helps}
 """
 )
-RELEASE = """
+RELEASE = (
+    _SETTLE
+    + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local win, tokn, lease, st, mcool = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local lease_id, outcome, used, retry_after, model, err = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local probe_interval, threshold, penalty, was_probe = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10]
 redis.call('ZREM', lease, lease_id)
-if used ~= '' and redis.call('ZSCORE', win, lease_id) then redis.call('HSET', tokn, lease_id, used) end
+if used ~= '' then settle(win, tokn, lease_id, used) end
 if redis.call('HGET', st, 'probing') == lease_id then redis.call('HSET', st, 'probing', '') end
 local function cool(until_)
   if model ~= '' then
@@ -156,6 +188,7 @@ end
 if err ~= '' and outcome ~= 'success' then redis.call('HSET', st, 'last_error', err) end
 return 1
 """
+)
 REPORT = (
     _PRUNE
     + """
@@ -165,8 +198,7 @@ local out = {}
 for i = 1, #KEYS, 5 do
   local win, tokn, lease, st, mcool = KEYS[i], KEYS[i + 1], KEYS[i + 2], KEYS[i + 3], KEYS[i + 4]
   prune(win, tokn, lease, now)
-  local sum = 0
-  for _, v in ipairs(redis.call('HVALS', tokn)) do sum = sum + tonumber(v) end
+  local sum = window_tokens(tokn)
   local models = {}
   local cooling = redis.call('HGETALL', mcool)
   for j = 1, #cooling, 2 do
@@ -193,17 +225,17 @@ local tokens, rpm, tpm, entry = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(A
 prune(KEYS[1], KEYS[2], KEYS[3], now)
 local at = window_ready_at(KEYS[1], KEYS[2], rpm, tpm, tokens, now)
 if at > now then return tostring(at - now) end
-redis.call('ZADD', KEYS[1], now, entry)
-redis.call('HSET', KEYS[2], entry, tokens)
-redis.call('PEXPIRE', KEYS[1], 120000)
-redis.call('PEXPIRE', KEYS[2], 120000)
+record(KEYS[1], KEYS[2], entry, tokens, now)
 return ''
 """
 )
-CLIENT_SETTLE = """
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) then redis.call('HSET', KEYS[2], ARGV[1], ARGV[2]) end
+CLIENT_SETTLE = (
+    _SETTLE
+    + """
+settle(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
 return 1
 """
+)
 RENEW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000

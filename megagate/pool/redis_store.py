@@ -9,7 +9,10 @@ acquire and per release, with `redis.call('TIME')` as the clock (replicas' clock
   mid-stream frees its slots within the lease TTL; there is no bare counter to leak;
 - cooldowns (per key and per model, the later deadline kept), disabled keys and their probe, the round-robin
   cursor: in a hash per key and a counter per upstream.
-Redis holds key ids only (`key-` + 8 hex), never a key. Its keys are `<prefix>:<upstream>:<key id>:<what>`.
+Redis holds key ids only (`key-` + 8 hex), never a key. Its keys are `{<prefix>}:<upstream>:<key id>:<what>`:
+the prefix is a hash tag, so every key a script touches lives in one slot and a Redis Cluster (or a proxy that
+checks slots) runs the scripts on its one shard instead of answering CROSSSLOT. A prefix that already holds a
+`{tag}` is used as written.
 
 When Redis cannot be reached, `on_redis_error` decides: "fail" answers 503 with a Retry-After; "local" serves from
 an in-process pool whose limits are the key's divided by the workers, and goes back to Redis once it answers again.
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import secrets
 import time
 from collections.abc import Sequence
@@ -79,6 +83,7 @@ class RedisKeyPool:
         self._ids = [key_id(k) for k in self._keys]
         self._limits = [KeyLimits.for_tier(k.tier, rpm=k.rpm, tpm=k.tpm, max_concurrency=k.max_concurrency)
                         for k in keys]  # fmt: skip
+        prefix = hash_tagged(prefix)
         self._redis_keys = [[f"{prefix}:{upstream}:{i}:{what}" for what in ("win", "tok", "lease", "st", "mcool")]
                             for i in self._ids]  # fmt: skip
         self._cursor_key = f"{prefix}:{upstream}:rr"
@@ -245,6 +250,11 @@ class RedisKeyPool:
             raise PoolUnavailable("the shared key pool is unavailable; retry shortly", retry_after=RETRY_REDIS_AFTER)
         wait = max(0.0, deadline - self._clock())
         return await self.local.acquire(tokens, model=model, exclude=exclude, max_wait=wait, session=session)
+
+
+def hash_tagged(prefix: str) -> str:
+    """`{prefix}`, unless the prefix holds a hash tag already (`{team-a}:megagate`)."""
+    return prefix if re.search(r"\{[^}]+\}", prefix) else f"{{{prefix}}}"
 
 
 def _divided(key: KeyConfig, workers: int) -> KeyConfig:

@@ -13,11 +13,13 @@ maps them the same way on every loop.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from typing import Protocol
 
 import anyio
 import anyio.abc
+import anyio.streams.tls
 import sniffio
 
 HIGH_WATER = 1024 * 1024  # stop reading from the socket while this much is buffered and unread
@@ -33,17 +35,59 @@ class ByteStream(Protocol):
     async def aclose(self) -> None: ...
 
 
-async def open_stream(host: str, port: int, ssl_context: ssl.SSLContext | None) -> ByteStream:
-    """A connected stream to host:port (TLS with `ssl_context`), the fastest kind for the running event loop."""
+async def open_stream(
+    host: str,
+    port: int,
+    ssl_context: ssl.SSLContext | None,
+    *,
+    path: str | None = None,
+    server_hostname: str | None = None,
+    keepalive: bool = False,
+) -> ByteStream:
+    """A connected stream to host:port, or to the unix socket at `path` (TLS with `ssl_context`, checked against
+    `server_hostname`, default the host), the fastest kind for the running event loop. `keepalive`: TCP keepalive
+    probes, so that a pooled connection to a peer that vanished (a failover, a NAT that forgot it) fails instead of
+    hanging."""
+    hostname = (server_hostname or host) if ssl_context is not None else None
     if sniffio.current_async_library() == "asyncio":
         loop = asyncio.get_running_loop()
-        _, protocol = await loop.create_connection(
-            lambda: _StreamProtocol(loop), host, port, ssl=ssl_context, server_hostname=host if ssl_context else None
-        )
+        if path is not None:
+            transport, protocol = await loop.create_unix_connection(
+                lambda: _StreamProtocol(loop), path, ssl=ssl_context, server_hostname=hostname
+            )
+        else:
+            transport, protocol = await loop.create_connection(
+                lambda: _StreamProtocol(loop), host, port, ssl=ssl_context, server_hostname=hostname
+            )
+        if keepalive and path is None:
+            _keep_alive(transport.get_extra_info("socket"))
         return protocol
-    if ssl_context is not None:
-        return AnyioStream(await anyio.connect_tcp(host, port, ssl_context=ssl_context, tls_standard_compatible=False))
-    return AnyioStream(await anyio.connect_tcp(host, port))
+    stream: anyio.abc.ByteStream
+    if path is not None:
+        stream = await anyio.connect_unix(path)
+        if ssl_context is not None:
+            stream = await anyio.streams.tls.TLSStream.wrap(
+                stream, hostname=hostname, ssl_context=ssl_context, standard_compatible=False
+            )
+    elif ssl_context is not None:
+        stream = await anyio.connect_tcp(host, port, ssl_context=ssl_context, tls_hostname=hostname,
+                                         tls_standard_compatible=False)  # fmt: skip
+    else:
+        stream = await anyio.connect_tcp(host, port)
+    if keepalive and path is None:
+        _keep_alive(stream.extra(anyio.abc.SocketAttribute.raw_socket))
+    return AnyioStream(stream)
+
+
+def _keep_alive(sock: socket.socket | None) -> None:
+    """Probe an idle connection after 60 s, every 10 s, and give up after 3 unanswered (Linux's default waits two
+    hours before the first probe)."""
+    if sock is None:
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
+        if hasattr(socket, name):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 
 
 class AnyioStream:
