@@ -7,8 +7,8 @@ import timeit
 from benchmarks.mock_upstream import CHUNK, EXPECTED_STREAM
 from megagate.core.request import RequestDefaults, prepare_chat_request
 from megagate.core.scheduler import KeyLimits, KeyScheduler, Lease, Outcome
-from megagate.core.schemas import read_chat_usage
 from megagate.core.sse import SSEDecoder
+from megagate.core.usage import read_usage
 
 REQUEST = (
     b'{"messages":[{"role":"system","content":"You are helpful."},{"role":"user","content":"Hello, benchmark! '
@@ -38,7 +38,7 @@ def main() -> None:
         200,
         events,
     )
-    per_call("usage check on a chunk without usage", lambda: read_chat_usage(CHUNK), 100000)
+    per_call("usage check on a chunk without usage", lambda: read_usage(CHUNK, "openai"), 100000)
     per_call(
         "request decode + validate + default model", lambda: prepare_chat_request(REQUEST, defaults).encode(), 20000
     )

@@ -11,7 +11,7 @@ from megagate.config import ClientConfig
 from megagate.core.errors import Format, UpstreamError
 from megagate.core.outcome import Outcome
 from megagate.core.request import ChatRequest
-from megagate.core.schemas import Usage
+from megagate.core.usage import Usage
 from megagate.core.window import SlidingWindow
 from megagate.routing import ENDPOINTS, Endpoint, Target, endpoint_format
 

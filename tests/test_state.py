@@ -11,7 +11,7 @@ from megagate import state as state_module
 from megagate.config import config_from_mapping
 from megagate.core.errors import NotFound
 from megagate.core.request import RequestDefaults, prepare_chat_request
-from megagate.core.schemas import Usage
+from megagate.core.usage import Usage
 from megagate.endpoints.proxy import UpstreamProxy
 from megagate.endpoints.relay import Relay
 from megagate.routing import ENDPOINTS, Routes
@@ -40,8 +40,8 @@ async def test_the_answer_is_the_one_writer_of_started_and_usage() -> None:
     state, recorder = chat_state(), Recorder()
     answer = state.answer = Relay(recorder)
     assert not state.response_started and state.usage is None
-    await answer.plain(200, b"{}", [(b"content-type", b"application/json")], Usage(1, 2, 3))
-    assert state.response_started and state.usage == Usage(1, 2, 3) and recorder.status == 200
+    await answer.plain(200, b"{}", [(b"content-type", b"application/json")], Usage(input=1, output=2))
+    assert state.response_started and state.usage == Usage(input=1, output=2) and recorder.status == 200
 
 
 async def test_the_route_is_resolved_once_per_request(monkeypatch: pytest.MonkeyPatch) -> None:

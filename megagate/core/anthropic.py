@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 
 from megagate.core.request import FALLBACK_RULES, FieldRule, at_least, between, rule
+from megagate.core.usage import MessageUsage
 
 ANTHROPIC_VERSION = b"2023-06-01"  # sent upstream when the client named none
 
@@ -31,13 +32,6 @@ ANTHROPIC_RULES: Mapping[str, FieldRule] = {
     "tool_choice": rule(dict[str, Any], "an object"),
     **FALLBACK_RULES,
 }
-
-
-class MessageUsage(msgspec.Struct):
-    """An Anthropic message's `usage` (megagate's own record is `schemas.Usage`, in OpenAI's terms)."""
-
-    input_tokens: int = 0
-    output_tokens: int = 0
 
 
 class ContentBlock(msgspec.Struct, omit_defaults=True):
@@ -88,22 +82,3 @@ class StreamEvent(msgspec.Struct, omit_defaults=True):
 
 message_decoder = msgspec.json.Decoder(Message)
 event_decoder = msgspec.json.Decoder(StreamEvent)
-
-
-class _UsageView(msgspec.Struct):
-    usage: MessageUsage | None = None
-    message: _UsageView | None = None
-
-
-_usage_view = msgspec.json.Decoder(_UsageView)
-
-
-def read_message_usage(data: bytes) -> MessageUsage | None:
-    """`usage` of a message, or of a message_start / message_delta event; None if there is none (no decode then)."""
-    if b'"usage"' not in data:
-        return None
-    try:
-        view = _usage_view.decode(data)
-    except msgspec.DecodeError:
-        return None
-    return view.usage or (view.message.usage if view.message else None)

@@ -24,8 +24,9 @@ from typing import Any
 import msgspec
 
 from megagate.core.errors import InvalidRequest
-from megagate.core.schemas import ChatCompletion, Usage
+from megagate.core.schemas import ChatCompletion
 from megagate.core.translate import UntranslatableRequest
+from megagate.core.usage import Usage, from_chat, to_response
 
 Json = dict[str, Any]
 NAMESPACE_SEPARATOR = "__"
@@ -239,14 +240,7 @@ _completion_decoder = msgspec.json.Decoder(ChatCompletion)
 
 
 def responses_usage(usage: Usage | None) -> Json:
-    usage = usage or Usage()
-    return {
-        "input_tokens": usage.prompt_tokens,
-        "input_tokens_details": {"cached_tokens": 0},
-        "output_tokens": usage.completion_tokens,
-        "output_tokens_details": {"reasoning_tokens": 0},
-        "total_tokens": usage.total_tokens or usage.prompt_tokens + usage.completion_tokens,
-    }
+    return to_response(usage or Usage())
 
 
 def message_item(item_id: str, text: str, status: str = "completed") -> Json:
@@ -309,6 +303,6 @@ def chat_to_responses_answer(body: bytes, tools: dict[str, ToolName], created: i
         name, arguments = (function.name or "", function.arguments or "") if function else ("", "")
         output.append(tool_item(f"fc_{completion.id}_{index}", call.id or f"call_{index}", name, arguments, tools))
     status = "incomplete" if choice is not None and choice.finish_reason == "length" else "completed"
-    answer = response_object(f"resp_{completion.id}", completion.model, created, output, status,
-                             responses_usage(completion.usage))  # fmt: skip
+    usage = Usage.of(from_chat(completion.usage)) if completion.usage else None
+    answer = response_object(f"resp_{completion.id}", completion.model, created, output, status, responses_usage(usage))
     return _encoder.encode(answer)

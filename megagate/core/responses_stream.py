@@ -18,7 +18,8 @@ import msgspec
 
 from megagate.core.errors import MegagateError
 from megagate.core.responses import ToolName, message_item, response_object, responses_usage, tool_item
-from megagate.core.schemas import ChatCompletionChunk, FunctionCall, Usage
+from megagate.core.schemas import ChatCompletionChunk, FunctionCall
+from megagate.core.usage import Usage, from_chat
 
 _encoder = msgspec.json.Encoder()
 _chunk_decoder = msgspec.json.Decoder(ChatCompletionChunk)
@@ -79,7 +80,7 @@ class ChatToResponsesStream:
         if not self.started:
             self._start(chunk.id, chunk.model, out)
         if chunk.usage is not None:
-            self.usage = chunk.usage
+            self.usage = Usage.of(from_chat(chunk.usage))
         for choice in chunk.choices:
             if choice.index != 0:
                 continue  # the Responses API has no `n`

@@ -2,7 +2,8 @@
 
 Requests are not modelled here as a whole: they travel as raw fields (see `core.request`) so unknown fields pass
 through untouched. These Structs are for what megagate itself writes (the fake upstream, translated answers) and
-for the few fields it reads from upstream answers (`usage`, `model`). msgspec ignores unknown fields on decode.
+for the few fields it reads from upstream answers (`model`; `usage` is `core.usage`'s). msgspec ignores unknown
+fields on decode.
 """
 
 from __future__ import annotations
@@ -11,11 +12,7 @@ from typing import Any
 
 import msgspec
 
-
-class Usage(msgspec.Struct, omit_defaults=False):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
+from megagate.core.usage import ChatUsage
 
 
 class FunctionCall(msgspec.Struct, omit_defaults=True):
@@ -48,7 +45,7 @@ class ChatCompletion(msgspec.Struct):
     created: int
     model: str
     choices: list[Choice]
-    usage: Usage | None = None
+    usage: ChatUsage | None = None
     object: str = "chat.completion"
     system_fingerprint: str | None = None
 
@@ -71,7 +68,7 @@ class ChatCompletionChunk(msgspec.Struct):
     created: int
     model: str
     choices: list[ChunkChoice]
-    usage: Usage | None = None
+    usage: ChatUsage | None = None
     object: str = "chat.completion.chunk"
     system_fingerprint: str | None = None
 
@@ -88,21 +85,4 @@ class ModelList(msgspec.Struct):
     object: str = "list"
 
 
-class UsageView(msgspec.Struct):
-    """The one field the relay reads from an upstream answer or chunk."""
-
-    usage: Usage | None = None
-
-
-usage_decoder = msgspec.json.Decoder(UsageView)
 model_list_decoder = msgspec.json.Decoder(ModelList)
-
-
-def read_chat_usage(data: bytes) -> Usage | None:
-    """`usage` of an OpenAI answer or chunk, or None. Cheap for the chunks that carry none: no JSON decode."""
-    if b'"usage"' not in data:
-        return None
-    try:
-        return usage_decoder.decode(data).usage
-    except msgspec.DecodeError:  # a malformed chunk is the client's to judge; usage is best effort
-        return None

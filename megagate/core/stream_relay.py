@@ -22,13 +22,12 @@ from typing import Protocol
 
 import msgspec
 
-from megagate.core import anthropic
 from megagate.core.errors import Format, MegagateError, UpstreamError, UpstreamProtocolError, render_error
 from megagate.core.responses import response_object
 from megagate.core.responses_stream import ChatToResponsesStream, failed_response, responses_event
-from megagate.core.schemas import Usage, read_chat_usage
 from megagate.core.sse import ServerSentEvent, SSEDecoder
 from megagate.core.translate_stream import DONE, AnthropicToOpenAIStream
+from megagate.core.usage import Usage, read_usage
 
 HELD_LIMIT = 64 * 1024  # comment bytes kept for the first event; keep-alives past it carry nothing worth keeping
 
@@ -123,14 +122,13 @@ def stream_error_event(error: MegagateError, fmt: Format, trail: ResponsesTrail 
     return b"data: " + render_error(error) + b"\n\n" + DONE
 
 
-def usage_of(data: bytes, fmt: Format) -> Usage | None:
-    """Usage from an answer or event in format `fmt`, as OpenAI counts it."""
-    if fmt == "openai":
-        return read_chat_usage(data)
-    usage = anthropic.read_message_usage(data)
-    if usage is None:
-        return None
-    return Usage(usage.input_tokens, usage.output_tokens, usage.input_tokens + usage.output_tokens)
+def usage_of(data: bytes, fmt: Format, before: Usage | None = None) -> Usage | None:
+    """`before` with what an answer or event in format `fmt` says of its usage (kind by kind: Anthropic's
+    message_delta keeps message_start's input count), or `before` when it says nothing."""
+    report = read_usage(data, fmt)
+    if report is None:
+        return before
+    return before.merged(report) if before is not None else Usage.of(report)
 
 
 RESPONSES_ENDS = frozenset({"response.completed", "response.incomplete", "response.failed"})
@@ -191,7 +189,7 @@ class StreamRelay:
             return Output(complete if self.translator is None else b"", ended=True)
         if b'"usage"' in complete:
             for event in events:
-                self.usage = usage_of(event.data, self.upstream) or self.usage
+                self.usage = usage_of(event.data, self.upstream, self.usage)
         data, failure = self._client_bytes(complete, events)
         if at_eof and failure is None and not self.ended:
             failure = UpstreamProtocolError(

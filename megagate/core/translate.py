@@ -7,8 +7,11 @@ reasons and usage. Roles: OpenAI `system` / `developer` messages join Anthropic'
 wherever they stand (Anthropic's system prompt is where instructions keep their authority); an Anthropic
 `system`-role message inside `messages` (Claude Code sends them) becomes an OpenAI `system` message at the same
 position. Parameters with no counterpart are dropped rather than guessed (OpenAI's `n`, penalties and logprobs;
-Anthropic's `top_k`), as are assistant `thinking` blocks and `cache_control` marks; a role or content type that
-cannot be represented in the other format is a 400 naming it (`UntranslatableRequest`), never silently lost.
+Anthropic's `top_k`), as are assistant `thinking` blocks; a role or content type that cannot be represented in the
+other format is a 400 naming it (`UntranslatableRequest`), never silently lost. `cache_control` marks on OpenAI
+messages, content parts and tools (where LiteLLM accepts them, as OpenCode, Cline and LangChain send them for
+Claude models) land on the same Anthropic blocks: without them prompt caching is lost and the only symptom is the
+bill. A mark on a whole message goes to its last block.
 Streams are translated by `core.translate_stream`.
 """
 
@@ -20,8 +23,9 @@ import msgspec
 
 from megagate.core import anthropic
 from megagate.core.errors import InvalidRequest
-from megagate.core.schemas import ChatCompletion, Choice, FunctionCall, ToolCall, Usage
+from megagate.core.schemas import ChatCompletion, Choice, FunctionCall, ToolCall
 from megagate.core.schemas import Message as OpenAIMessage
+from megagate.core.usage import Usage, from_chat, from_message, to_chat, to_message
 
 Json = dict[str, Any]
 
@@ -76,6 +80,24 @@ def _image_to_openai(block: Json) -> Json:
     return {"type": "image_url", "image_url": {"url": source.get("url", "")}}
 
 
+def _marked(block: Json, source: Any) -> Json:
+    """`block` with the `cache_control` mark of the OpenAI part or message it came from, if it has one."""
+    if isinstance(source, dict) and "cache_control" in source:
+        block["cache_control"] = source["cache_control"]
+    return block
+
+
+def _mark_last(blocks: list[Json] | str, message: Json) -> list[Json] | str:
+    """A message-level `cache_control` on its last block (a string becomes one text block to carry it)."""
+    if "cache_control" not in message:
+        return blocks
+    if isinstance(blocks, str):
+        blocks = [{"type": "text", "text": blocks}]
+    if blocks:
+        blocks[-1]["cache_control"] = message["cache_control"]
+    return blocks
+
+
 def _user_blocks(content: Any, where: str) -> str | list[Json]:
     if isinstance(content, str):
         return content
@@ -83,11 +105,38 @@ def _user_blocks(content: Any, where: str) -> str | list[Json]:
     for index, part in enumerate(content or []):
         kind = part.get("type")
         if kind == "text":
-            blocks.append({"type": "text", "text": part.get("text", "")})
+            blocks.append(_marked({"type": "text", "text": part.get("text", "")}, part))
         elif kind == "image_url":
-            blocks.append(_image_to_anthropic(part))
+            blocks.append(_marked(_image_to_anthropic(part), part))
         else:
             raise UntranslatableRequest(f"{where}.content[{index}].type", repr(kind), "Anthropic")
+    return blocks
+
+
+def _text_blocks(content: Any) -> list[Json]:
+    """Text parts as Anthropic text blocks, each keeping its mark (a string: one block, or none when empty)."""
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    if isinstance(content, list):
+        return [_marked({"type": "text", "text": p.get("text", "")}, p)
+                for p in content if isinstance(p, dict) and p.get("type") == "text"]  # fmt: skip
+    return []
+
+
+def _has_marks(content: Any) -> bool:
+    return isinstance(content, list) and any(isinstance(p, dict) and "cache_control" in p for p in content)
+
+
+def _system(messages: list[Json]) -> str | list[Json]:
+    """The system and developer messages: one string, or text blocks when a mark must be kept on one of them."""
+    if not any("cache_control" in m or _has_marks(m.get("content")) for m in messages):
+        return "\n\n".join(_text_of(m.get("content")) for m in messages)
+    blocks: list[Json] = []
+    for message in messages:
+        texts = _text_blocks(message.get("content"))
+        if texts and "cache_control" in message:
+            texts[-1]["cache_control"] = message["cache_control"]
+        blocks += texts
     return blocks
 
 
@@ -119,28 +168,32 @@ def _append(messages: list[Json], role: str, blocks: list[Json] | str) -> None:
 
 def openai_to_anthropic_request(body: Json, default_max_tokens: int = DEFAULT_MAX_TOKENS) -> Json:
     """An OpenAI chat request as an Anthropic Messages request."""
-    system: list[str] = []
+    system: list[Json] = []
     messages: list[Json] = []
     for position, message in enumerate(body.get("messages", [])):
         role, content = message.get("role"), message.get("content")
         if role in ("system", "developer"):
-            system.append(_text_of(content))
+            system.append(message)
         elif role == "user":
-            _append(messages, "user", _user_blocks(content, f"messages[{position}]"))
+            _append(messages, "user", _mark_last(_user_blocks(content, f"messages[{position}]"), message))
         elif role == "assistant":
-            blocks: list[Json] = []
-            if text := _text_of(content):
-                blocks.append({"type": "text", "text": text})
+            text = _text_of(content)
+            blocks: list[Json] = (
+                _text_blocks(content) if _has_marks(content) else [{"type": "text", "text": text}] if text else []
+            )
             for call in message.get("tool_calls") or []:
                 function = call.get("function") or {}
                 arguments = _parse_arguments(function.get("arguments"))
                 blocks.append(
                     {"type": "tool_use", "id": call.get("id"), "name": function.get("name"), "input": arguments}
                 )
-            _append(messages, "assistant", blocks)
+            _append(messages, "assistant", _mark_last(blocks, message))
         elif role in ("tool", "function"):
-            result = {"type": "tool_result", "tool_use_id": message.get("tool_call_id"), "content": _text_of(content)}
-            _append(messages, "user", [result])
+            result: Json = {"type": "tool_result", "tool_use_id": message.get("tool_call_id"),
+                            "content": _text_of(content)}  # fmt: skip
+            for part in content if isinstance(content, list) else []:  # one result block: any part's mark is its
+                _marked(result, part)
+            _append(messages, "user", [_marked(result, message)])
         else:
             raise UntranslatableRequest(f"messages[{position}].role", repr(role), "Anthropic")
     out: Json = {
@@ -149,7 +202,7 @@ def openai_to_anthropic_request(body: Json, default_max_tokens: int = DEFAULT_MA
         "max_tokens": body.get("max_completion_tokens") or body.get("max_tokens") or default_max_tokens,
     }
     if system:
-        out["system"] = "\n\n".join(system)
+        out["system"] = _system(system)
     if (temperature := body.get("temperature")) is not None:
         out["temperature"] = min(float(temperature), 1.0)  # Anthropic's range is 0..1
     if body.get("top_p") is not None:
@@ -162,14 +215,14 @@ def openai_to_anthropic_request(body: Json, default_max_tokens: int = DEFAULT_MA
         out["metadata"] = {"user_id": body["user"]}
     if tools := body.get("tools"):
         out["tools"] = [
-            {
+            _marked({
                 "name": t["function"]["name"],
                 **({"description": t["function"]["description"]} if t["function"].get("description") else {}),
                 "input_schema": t["function"].get("parameters") or {"type": "object", "properties": {}},
-            }
+            }, t)
             for t in tools
             if t.get("type") == "function" and isinstance(t.get("function"), dict)
-        ]
+        ]  # fmt: skip
     choice = _tool_choice_to_anthropic(body.get("tool_choice"))
     if body.get("parallel_tool_calls") is False:
         choice = {**(choice or {"type": "auto"}), "disable_parallel_tool_use": True}
@@ -308,13 +361,13 @@ def openai_to_anthropic_response(body: bytes) -> bytes:
                 type="tool_use", id=call.id, name=function.name, input=_parse_arguments(function.arguments)
             )
         )
-    usage = completion.usage or Usage()
+    usage = Usage.of(from_chat(completion.usage)) if completion.usage is not None else Usage()
     message = anthropic.Message(
         id=completion.id,
         model=completion.model,
         content=content,
         stop_reason=FINISH_TO_STOP.get(choice.finish_reason or "stop", "end_turn") if choice else "end_turn",
-        usage=anthropic.MessageUsage(input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens),
+        usage=to_message(usage),
     )
     return _encoder.encode(message)
 
@@ -332,11 +385,7 @@ def anthropic_to_openai_response(body: bytes, created: int) -> bytes:
         for b in message.content
         if b.type == "tool_use"
     ]  # fmt: skip
-    usage = Usage(
-        message.usage.input_tokens,
-        message.usage.output_tokens,
-        message.usage.input_tokens + message.usage.output_tokens,
-    )
+    usage = to_chat(Usage.of(from_message(message.usage)))
     finish = STOP_TO_FINISH.get(message.stop_reason or "end_turn", "stop")
     reply = OpenAIMessage(content=text or None, tool_calls=calls or None)
     return _encoder.encode(ChatCompletion(message.id, created, message.model, [Choice(0, reply, finish)], usage))

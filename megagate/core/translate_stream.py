@@ -15,8 +15,9 @@ import msgspec
 
 from megagate.core import anthropic
 from megagate.core.errors import MegagateError
-from megagate.core.schemas import ChatCompletionChunk, ChunkChoice, Delta, FunctionCall, ToolCall, Usage
+from megagate.core.schemas import ChatCompletionChunk, ChunkChoice, Delta, FunctionCall, ToolCall
 from megagate.core.translate import FINISH_TO_STOP, STOP_TO_FINISH
+from megagate.core.usage import ChatUsage, MessageUsage, Usage, from_chat, from_message, to_chat, to_message
 
 _encoder = msgspec.json.Encoder()
 _chunk_decoder = msgspec.json.Decoder(ChatCompletionChunk)
@@ -48,7 +49,7 @@ class OpenAIToAnthropicStream:
         out: list[bytes] = []
         if not self.started:
             self.started = True
-            message = anthropic.Message(chunk.id, chunk.model or self.model, [], None, anthropic.MessageUsage(0, 0))
+            message = anthropic.Message(chunk.id, chunk.model or self.model, [], None, MessageUsage(0, 0))
             out.append(anthropic_event("message_start", {"type": "message_start", "message": message}))
         for choice in chunk.choices:
             if choice.index != 0:
@@ -72,7 +73,7 @@ class OpenAIToAnthropicStream:
             if choice.finish_reason:
                 self.stop_reason = FINISH_TO_STOP.get(choice.finish_reason, "end_turn")
         if chunk.usage is not None:
-            self.usage = chunk.usage
+            self.usage = Usage.of(from_chat(chunk.usage))
         return b"".join(out)
 
     def fail(self, error: MegagateError) -> bytes | None:
@@ -85,7 +86,7 @@ class OpenAIToAnthropicStream:
         self.finished = True
         out: list[bytes] = []
         self._close(out)
-        usage = anthropic.MessageUsage(self.usage.prompt_tokens, self.usage.completion_tokens)
+        usage = to_message(self.usage)  # OpenAI tells usage last: message_delta carries every kind
         delta = anthropic.Delta(stop_reason=self.stop_reason)
         out.append(anthropic_event("message_delta", {"type": "message_delta", "delta": delta, "usage": usage}))
         out.append(anthropic_event("message_stop", {"type": "message_stop"}))
@@ -124,7 +125,7 @@ class AnthropicToOpenAIStream:
         self.usage = Usage()
         self.finished = False
 
-    def _chunk(self, delta: Delta, finish: str | None = None, usage: Usage | None = None) -> ChatCompletionChunk:
+    def _chunk(self, delta: Delta, finish: str | None = None, usage: ChatUsage | None = None) -> ChatCompletionChunk:
         choices = [] if usage is not None else [ChunkChoice(0, delta, finish)]
         return ChatCompletionChunk(self.id, self.created, self.model, choices, usage)
 
@@ -140,8 +141,7 @@ class AnthropicToOpenAIStream:
         kind = event.type
         if kind == "message_start" and event.message is not None:
             self.id, self.model = event.message.id, event.message.model or self.model
-            self.usage.prompt_tokens = event.message.usage.input_tokens
-            self.usage.completion_tokens = event.message.usage.output_tokens
+            self.usage = self.usage.merged(from_message(event.message.usage))
             return [self._chunk(Delta(role="assistant", content=""))]
         if kind == "content_block_start" and event.content_block is not None:
             block = event.content_block
@@ -163,9 +163,8 @@ class AnthropicToOpenAIStream:
                 return [self._chunk(Delta(tool_calls=[call]))]
             return []  # thinking and signature deltas have no OpenAI counterpart
         if kind == "message_delta":
-            if event.usage is not None:
-                self.usage.completion_tokens = event.usage.output_tokens
-                self.usage.prompt_tokens = event.usage.input_tokens or self.usage.prompt_tokens
+            if event.usage is not None:  # a later count wins, kind by kind: message_start's input stays
+                self.usage = self.usage.merged(from_message(event.usage))
             reason = event.delta.stop_reason if event.delta is not None else None
             return [self._chunk(Delta(), STOP_TO_FINISH.get(reason or "end_turn", "stop"))]
         if kind == "message_stop":
@@ -179,5 +178,4 @@ class AnthropicToOpenAIStream:
         if self.finished:
             return []
         self.finished = True
-        self.usage.total_tokens = self.usage.prompt_tokens + self.usage.completion_tokens
-        return [self._chunk(Delta(), usage=self.usage), None]
+        return [self._chunk(Delta(), usage=to_chat(self.usage)), None]

@@ -17,7 +17,6 @@ from megagate.asgi import Headers, Send, send_json
 from megagate.core.errors import Format, InvalidRequest, UpstreamError, UpstreamProtocolError
 from megagate.core.responses import ToolName, chat_to_responses_answer, responses_to_chat_request
 from megagate.core.responses_stream import ChatToResponsesStream
-from megagate.core.schemas import Usage
 from megagate.core.stream_relay import AnthropicToResponsesStream, StreamRelay, StreamTranslator
 from megagate.core.translate import (
     anthropic_to_openai_request,
@@ -26,6 +25,7 @@ from megagate.core.translate import (
     openai_to_anthropic_response,
 )
 from megagate.core.translate_stream import AnthropicToOpenAIStream, OpenAIToAnthropicStream
+from megagate.core.usage import Usage
 from megagate.routing import Target
 from megagate.state import RequestState
 

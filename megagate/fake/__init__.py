@@ -31,8 +31,8 @@ from megagate.core.schemas import (
     Model,
     ModelList,
     ToolCall,
-    Usage,
 )
+from megagate.core.usage import ChatUsage, CompletionTokensDetails, PromptTokensDetails
 from megagate.fake import anthropic as fake_anthropic
 from megagate.fake import responses as fake_responses
 
@@ -92,6 +92,17 @@ _encoder = msgspec.json.Encoder()
 _any = msgspec.json.Decoder(Any)
 
 
+class Caching(msgspec.Struct, kw_only=True):
+    """Prompt caching and reasoning the upstream reports in its usage, as each format says it: OpenAI's
+    `cached_tokens` inside `prompt_tokens` (it has no cache writes), Anthropic's `cache_read_input_tokens` and
+    `cache_creation_input_tokens` beside `input_tokens` (in `message_start` when streaming), Responses'
+    `cached_tokens` inside `input_tokens`."""
+
+    read: int = 0
+    write: int = 0
+    reasoning: int = 0
+
+
 class Fault(msgspec.Struct, kw_only=True, omit_defaults=True):
     """What to do instead of (or on the way to) a normal answer."""
 
@@ -109,6 +120,7 @@ class Fault(msgspec.Struct, kw_only=True, omit_defaults=True):
         None  # call this tool (when offered) instead of the first one, with `tool_input`; "none": no call
     )
     tool_input: dict[str, Any] | None = None
+    caching: Caching | None = None  # report prompt caching and reasoning tokens in the usage
 
 
 class Rule(msgspec.Struct, kw_only=True):
@@ -182,9 +194,7 @@ class FakeUpstream:
     def _fault_for(self, payload: dict[str, Any], key: str | None, path: str, headers: dict[str, str]) -> Fault:
         fault = self.default
         if "x-fake-fault" in headers:
-            return msgspec.structs.replace(
-                fault, **msgspec.to_builtins(msgspec.json.decode(headers["x-fake-fault"], type=Fault))
-            )
+            return _overlay(fault, msgspec.json.decode(headers["x-fake-fault"], type=Fault))
         model = str(payload.get("model", ""))
         for rule in self.rules:
             if rule.times == 0:
@@ -197,7 +207,7 @@ class FakeUpstream:
                 continue
             if rule.times is not None:
                 rule.times -= 1
-            return msgspec.structs.replace(fault, **msgspec.to_builtins(rule.fault))
+            return _overlay(fault, rule.fault)
         return fault
 
     async def _answer(self, payload: dict[str, Any], fault: Fault, send: Any, path: str) -> None:
@@ -230,8 +240,7 @@ class FakeUpstream:
                 await _send_json(send, 200, whole(ident, payload, words, fault))
             return
         tool = _first_tool(payload, fault)
-        usage = Usage(len(_encoder.encode(payload.get("messages"))) // 4, len(words))
-        usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
+        usage = _chat_usage(len(_encoder.encode(payload.get("messages"))) // 4, len(words), fault.caching)
         ident = f"chatcmpl-fake-{next(self._ids)}"
         if payload.get("stream"):
             options = payload.get("stream_options") or {}
@@ -252,13 +261,13 @@ class FakeUpstream:
         model: str,
         words: list[str],
         tool: tuple[str, str] | None,
-        usage: Usage | None,
+        usage: ChatUsage | None,
         fault: Fault,
         send: Any,
     ) -> None:
         created = int(time.time())
 
-        def chunk(delta: Delta, finish: str | None = None, usage: Usage | None = None) -> bytes:
+        def chunk(delta: Delta, finish: str | None = None, usage: ChatUsage | None = None) -> bytes:
             choices = [ChunkChoice(0, delta, finish)] if usage is None else []
             return b"data: " + _encoder.encode(ChatCompletionChunk(ident, created, model, choices, usage)) + b"\n\n"
 
@@ -323,6 +332,11 @@ def answer_words(length: int | None) -> list[str]:
     return [WORDS[i % len(WORDS)] + ("" if i == count - 1 else " ") for i in range(count)]
 
 
+def _overlay(fault: Fault, given: Fault) -> Fault:
+    """`fault` with the fields `given` sets (those it leaves at their defaults keep `fault`'s)."""
+    return msgspec.structs.replace(fault, **{name: getattr(given, name) for name in msgspec.to_builtins(given)})
+
+
 def _first_tool(payload: dict[str, Any], fault: Fault) -> tuple[str, str] | None:
     """Call the tool the fault names (else the first offered), unless the conversation already ends with a tool
     result."""
@@ -360,3 +374,10 @@ async def _send_error(send: Any, status: int, message: str, extra: list[tuple[by
     kind = {401: "authentication_error", 429: "rate_limit_error", 400: "invalid_request_error"}.get(status, "api_error")
     body = _encoder.encode({"error": {"message": message, "type": kind, "param": None, "code": None}})
     await _send_json(send, status, body, extra)
+
+
+def _chat_usage(prompt: int, output: int, caching: Caching | None) -> ChatUsage:
+    read, reasoning = (caching.read, caching.reasoning) if caching else (0, 0)
+    return ChatUsage(prompt_tokens=prompt + read, completion_tokens=output, total_tokens=prompt + read + output,
+                     prompt_tokens_details=PromptTokensDetails(cached_tokens=read),
+                     completion_tokens_details=CompletionTokensDetails(reasoning_tokens=reasoning))  # fmt: skip

@@ -50,9 +50,19 @@ def count_tokens(payload: dict[str, Any]) -> bytes:
     return _encoder.encode({"input_tokens": len(_encoder.encode(payload.get("messages"))) // 4})
 
 
+def input_usage(payload: dict[str, Any], fault: Any) -> dict[str, int]:
+    """The input side of Anthropic's usage: `input_tokens` excludes the cache, whose reads and writes come beside
+    it (a stream tells them in message_start only, as Anthropic does)."""
+    usage = {"input_tokens": len(_encoder.encode(payload.get("messages"))) // 4}
+    if fault.caching is not None:
+        usage["cache_read_input_tokens"] = fault.caching.read
+        usage["cache_creation_input_tokens"] = fault.caching.write
+    return usage
+
+
 def message(ident: str, payload: dict[str, Any], words: list[str], fault: Any) -> bytes:
     tool = first_tool(payload, fault)
-    usage = {"input_tokens": len(_encoder.encode(payload.get("messages"))) // 4, "output_tokens": len(words)}
+    usage = {**input_usage(payload, fault), "output_tokens": len(words)}
     if tool is not None:
         content: list[dict[str, Any]] = [{"type": "tool_use", "id": "toolu_fake_1", "name": tool[0], "input": tool[1]}]
         stop = "tool_use"
@@ -65,7 +75,6 @@ def message(ident: str, payload: dict[str, Any], words: list[str], fault: Any) -
 
 async def stream(ident: str, payload: dict[str, Any], words: list[str], fault: Any, send: Any) -> None:
     tool = first_tool(payload, fault)
-    input_tokens = len(_encoder.encode(payload.get("messages"))) // 4
 
     async def emit(body: bytes, more: bool = True) -> None:
         await send({"type": "http.response.body", "body": body, "more_body": more})
@@ -73,7 +82,7 @@ async def stream(ident: str, payload: dict[str, Any], words: list[str], fault: A
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
     start: dict[str, Any] = {
         "id": ident, "type": "message", "role": "assistant", "model": payload.get("model"), "content": [],
-        "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": input_tokens, "output_tokens": 1},
+        "stop_reason": None, "stop_sequence": None, "usage": {**input_usage(payload, fault), "output_tokens": 1},
     }  # fmt: skip
     await emit(event("message_start", {"message": start}) + event("ping", {}))
     if tool is not None:

@@ -34,11 +34,14 @@ def _tool_call(payload: dict[str, Any], fault: Any) -> dict[str, Any] | None:
             "arguments": _encoder.encode(given).decode(), "status": "completed"}  # fmt: skip
 
 
-def _response(ident: str, payload: dict[str, Any], output: list[Any], status: str, words: int) -> dict[str, Any]:
-    prompt = len(_encoder.encode(payload.get("input"))) // 4
+def _response(
+    ident: str, payload: dict[str, Any], output: list[Any], status: str, words: int, fault: Any
+) -> dict[str, Any]:
+    read, reasoning = (fault.caching.read, fault.caching.reasoning) if fault.caching else (0, 0)
+    prompt = len(_encoder.encode(payload.get("input"))) // 4 + read
     usage = {"input_tokens": prompt, "output_tokens": words, "total_tokens": prompt + words,
-             "input_tokens_details": {"cached_tokens": 0},
-             "output_tokens_details": {"reasoning_tokens": 0}}  # fmt: skip
+             "input_tokens_details": {"cached_tokens": read},
+             "output_tokens_details": {"reasoning_tokens": reasoning}}  # fmt: skip
     return {"id": ident, "object": "response", "created_at": int(time.time()), "model": payload.get("model"),
             "status": status, "output": output, "usage": usage if status != "in_progress" else None,
             "error": None, "incomplete_details": None, "parallel_tool_calls": True, "tool_choice": "auto",
@@ -50,7 +53,7 @@ def answer(ident: str, payload: dict[str, Any], words: list[str], fault: Any) ->
     text = {"type": "output_text", "text": "".join(words), "annotations": []}
     item = call or {"type": "message", "id": "msg_fake_1", "role": "assistant", "status": "completed",
                     "content": [text]}  # fmt: skip
-    return _encoder.encode(_response(ident, payload, [item], "completed", len(words)))
+    return _encoder.encode(_response(ident, payload, [item], "completed", len(words), fault))
 
 
 async def stream(ident: str, payload: dict[str, Any], words: list[str], fault: Any, send: Any) -> None:
@@ -64,13 +67,13 @@ async def stream(ident: str, payload: dict[str, Any], words: list[str], fault: A
                     "more_body": more})  # fmt: skip
 
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
-    await emit("response.created", response=_response(ident, payload, [], "in_progress", 0))
-    await emit("response.in_progress", response=_response(ident, payload, [], "in_progress", 0))
+    await emit("response.created", response=_response(ident, payload, [], "in_progress", 0, fault))
+    await emit("response.in_progress", response=_response(ident, payload, [], "in_progress", 0, fault))
     call = _tool_call(payload, fault)
     if call is not None:
         await emit("response.output_item.added", output_index=0, item={**call, "status": "in_progress"})
         await emit("response.output_item.done", output_index=0, item=call)
-        await emit("response.completed", False, response=_response(ident, payload, [call], "completed", 1))
+        await emit("response.completed", False, response=_response(ident, payload, [call], "completed", 1, fault))
         return
     item = {"type": "message", "id": "msg_fake_1", "role": "assistant", "status": "in_progress", "content": []}
     await emit("response.output_item.added", output_index=0, item=item)
@@ -90,7 +93,9 @@ async def stream(ident: str, payload: dict[str, Any], words: list[str], fault: A
     await emit("response.content_part.done", item_id="msg_fake_1", output_index=0, content_index=0, part=done)
     finished = {**item, "status": "completed", "content": [done]}
     await emit("response.output_item.done", output_index=0, item=finished)
-    await emit("response.completed", False, response=_response(ident, payload, [finished], "completed", len(words)))
+    await emit(
+        "response.completed", False, response=_response(ident, payload, [finished], "completed", len(words), fault)
+    )
 
 
 def embeddings(payload: dict[str, Any]) -> bytes:

@@ -76,8 +76,12 @@ class AccessLogMiddleware:
             if state.dropped_tools:
                 line["dropped_tools"] = state.dropped_tools
             if state.usage is not None:
-                line["prompt_tokens"] = state.usage.prompt_tokens
-                line["completion_tokens"] = state.usage.completion_tokens
+                usage = state.usage  # prompt_tokens counts the whole prompt, as OpenAI's does; its cached part beside
+                line["prompt_tokens"] = usage.prompt
+                line["completion_tokens"] = usage.output
+                line["cache_read_tokens"] = usage.cache_read
+                line["cache_write_tokens"] = usage.cache_write
+                line["reasoning_tokens"] = usage.reasoning
             if state.stream_failure is not None:  # a stream that started fine and then broke is no success
                 line["outcome"] = "failed_after_start"
                 line["error"] = state.stream_failure

@@ -70,7 +70,7 @@ class ClientLimitsMiddleware:
             await self.app(scope, receive, send)
         finally:
             if state.usage is not None:
-                window.settle(entry, state.usage.total_tokens, self.clock())
+                window.settle(entry, state.usage.total, self.clock())
 
     async def _shared(
         self, config: ClientConfig, tokens: int, state: RequestState, scope: Scope, receive: Receive, send: Send
@@ -84,7 +84,7 @@ class ClientLimitsMiddleware:
         finally:
             if state.usage is not None:
                 with anyio.CancelScope(shield=True):
-                    await self.shared.settle(config.name, admitted, state.usage.total_tokens)
+                    await self.shared.settle(config.name, admitted, state.usage.total)
 
 
 def _over(config: ClientConfig, wait: float) -> RateLimited:

@@ -56,8 +56,13 @@ class MetricsMiddleware:
             return
         if state.usage is not None:
             served = metrics.model_label(state.request.model)
-            metrics.tokens(served, client, "prompt").inc(state.usage.prompt_tokens)
-            metrics.tokens(served, client, "completion").inc(state.usage.completion_tokens)
+            usage = state.usage
+            metrics.tokens(served, client, "prompt").inc(usage.prompt)  # cache reads and writes included
+            metrics.tokens(served, client, "completion").inc(usage.output)
+            for kind, count in (("cache_read", usage.cache_read), ("cache_write", usage.cache_write),
+                                ("reasoning", usage.reasoning)):  # fmt: skip
+                if count:
+                    metrics.tokens(served, client, kind).inc(count)
         for attempt in state.attempts:
             outcome = attempt.outcome_name
             metrics.attempts(attempt.upstream, attempt.key_id, outcome).inc()

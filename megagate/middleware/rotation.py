@@ -115,7 +115,7 @@ class RotationMiddleware:
             finally:
                 state.api_key = None
                 attempt.outcome, attempt.ended = outcome, self.clock()
-                used = state.usage.total_tokens if state.usage is not None else None
+                used = state.usage.total if state.usage is not None else None
                 # Cancelled (or crashed): shield the release so the slot returns. Otherwise no scope: it costs.
                 with anyio.CancelScope(shield=True) if outcome is Outcome.CANCELLED else nullcontext():
                     await pool.release(lease, outcome, tokens_used=used, retry_after=retry_after, error=error)

@@ -60,8 +60,12 @@ class TracingMiddleware:
         span.set_attribute("gen_ai.request.model", state.requested_model)
         span.set_attribute("gen_ai.response.model", state.served_model)
         if state.usage is not None:
-            span.set_attribute("gen_ai.usage.input_tokens", state.usage.prompt_tokens)
-            span.set_attribute("gen_ai.usage.output_tokens", state.usage.completion_tokens)
+            usage = state.usage  # semantic conventions: input counts the whole prompt, cache reads and writes included
+            span.set_attribute("gen_ai.usage.input_tokens", usage.prompt)
+            span.set_attribute("gen_ai.usage.output_tokens", usage.output)
+            span.set_attribute("gen_ai.usage.cache_read.input_tokens", usage.cache_read)
+            span.set_attribute("gen_ai.usage.cache_creation.input_tokens", usage.cache_write)
+            span.set_attribute("gen_ai.usage.reasoning.output_tokens", usage.reasoning)
         offset = self.wall() - self.clock()  # from the attempts' monotonic clock to wall time, in ns below
         context = trace.set_span_in_context(span)
         for attempt in state.attempts:

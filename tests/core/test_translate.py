@@ -311,11 +311,14 @@ def test_whole_responses_map_stop_reasons_tool_calls_and_usage() -> None:
         "finish_reason": "tool_calls",
         "logprobs": None,
     }  # fmt: skip
-    assert completion["usage"] == {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19}
+    assert completion["usage"] == {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19,
+                                   "prompt_tokens_details": {"cached_tokens": 0},
+                                   "completion_tokens_details": {"reasoning_tokens": 0}}  # fmt: skip
     assert completion["created"] == 1700000000 and completion["object"] == "chat.completion"
     back = msgspec.json.decode(openai_to_anthropic_response(msgspec.json.encode(completion)))
     assert back["stop_reason"] == "tool_use" and back["content"] == message["content"]
-    assert back["usage"] == {"input_tokens": 12, "output_tokens": 7}
+    assert back["usage"] == {"input_tokens": 12, "output_tokens": 7, "cache_creation_input_tokens": 0,
+                             "cache_read_input_tokens": 0}  # fmt: skip
     for finish, stop in [("stop", "end_turn"), ("length", "max_tokens")]:
         completion["choices"][0]["finish_reason"] = finish
         assert msgspec.json.decode(openai_to_anthropic_response(msgspec.json.encode(completion)))["stop_reason"] == stop

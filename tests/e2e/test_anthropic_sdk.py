@@ -169,6 +169,51 @@ async def test_openai_client_reaches_an_anthropic_only_upstream(formats_gateway:
     assert seen[0]["body"]["max_tokens"] > 0  # Anthropic requires it; the OpenAI client sent none
 
 
+def logged(gateway: Process, path: str) -> dict[str, Any]:
+    """The gateway's last access-log line for `path`."""
+    lines = [json.loads(line) for line in gateway.output().splitlines() if line.startswith("{")]
+    return [line for line in lines if line.get("path") == path][-1]
+
+
+async def test_cached_and_reasoning_tokens_are_counted_and_carried_in_every_direction(
+    formats_gateway: Process, fake: FakeControl
+) -> None:
+    """An upstream that reports prompt caching: streamed Anthropic answers count message_start's input and cache
+    tokens (at 88498a3 they counted 0 input tokens), and each translation keeps the cache reads."""
+    fake.add_rule({"caching": {"read": 1000, "write": 50, "reasoning": 20}})
+    async with (
+        claude(formats_gateway) as client,
+        client.messages.stream(
+            model="claude-only-sonnet", max_tokens=64, messages=[{"role": "user", "content": "hi"}]
+        ) as stream,
+    ):
+        final = await stream.get_final_message()
+    assert final.usage.cache_read_input_tokens == 1000 and final.usage.cache_creation_input_tokens == 50
+    line = logged(formats_gateway, "/v1/messages")
+    assert line["prompt_tokens"] == final.usage.input_tokens + 1050 and line["completion_tokens"] == len(WORDS)
+    assert (line["cache_read_tokens"], line["cache_write_tokens"]) == (1000, 50)
+
+    async with gpt(formats_gateway) as client:  # OpenAI client <- Anthropic upstream
+        chunks = await client.chat.completions.create(model="claude-only-sonnet", stream=True,
+                                                      messages=[{"role": "user", "content": "hi"}],
+                                                      stream_options={"include_usage": True})  # fmt: skip
+        usage = [c.usage async for c in chunks if c.usage][-1]
+        await chunks.close()
+    assert usage.prompt_tokens == line["prompt_tokens"] and usage.prompt_tokens_details is not None
+    assert usage.prompt_tokens_details.cached_tokens == 1000
+
+    async with (
+        claude(formats_gateway) as client,
+        client.messages.stream(  # <- OpenAI upstream (no cache writes)
+            model="gpt-4o", max_tokens=64, messages=[{"role": "user", "content": "hi"}]
+        ) as stream,
+    ):
+        final = await stream.get_final_message()
+    prompt = logged(formats_gateway, "/v1/messages")["prompt_tokens"]
+    assert final.usage.cache_read_input_tokens == 1000 and final.usage.input_tokens == prompt - 1000
+    assert logged(formats_gateway, "/v1/messages")["reasoning_tokens"] == 20
+
+
 async def test_count_tokens_is_relayed(formats_gateway: Process, fake: FakeControl) -> None:
     async with claude(formats_gateway) as client:
         count = await client.messages.count_tokens(
