@@ -20,6 +20,9 @@ from megagate.asgi import ASGIApp, Clock, Receive, Scope, Send
 from megagate.assembly import Resources, assemble, build_transport
 from megagate.config import Config, config_file, load_config, prometheus_multiprocess
 from megagate.core.errors import ConfigError, RedisError
+from megagate.ledger import Store
+from megagate.ledger.sqlite import SQLiteStore
+from megagate.ledger.writer import LedgerWriter
 from megagate.middleware.auth import ClientDirectory
 from megagate.ops.prometheus import Metrics
 from megagate.ops.reload import changes, restart_needed
@@ -66,6 +69,7 @@ class Gateway:
         _log_to_stderr("megagate")  # reloads, pool warnings: an operator's lines, unless the host app logs them
         self.tracing = _tracing(config)  # (provider, tracer) when [tracing] is configured
         self.pools = self._pools(clock)
+        self.ledger = _ledger(config, self.metrics)  # started by running(); a reload keeps it
         self.directory: ClientDirectory | None = None
         self.app = self._assemble()
 
@@ -79,7 +83,7 @@ class Gateway:
         assert self.directory is not None  # made by _assemble before it asks
         tracer = self.tracing[1] if self.tracing is not None else None
         return Resources(self.transport, self.metrics, self.pools, self.directory, self.clock, self,
-                         self.client_windows, tracer)  # fmt: skip
+                         self.client_windows, tracer, self.ledger)  # fmt: skip
 
     async def reload(self) -> tuple[bool, str]:
         """Load the configuration again and swap it in between requests (see `megagate.reload`); (ok, what
@@ -146,6 +150,9 @@ class Gateway:
             if self.redis is not None:
                 await stack.enter_async_context(self.redis)
                 await self._say_if_redis_is_unreachable()  # before serving: the line comes first (within the timeout)
+            if self.ledger is not None:
+                self.ledger.start()  # its thread writes; at the end what is queued is flushed (within 10 s)
+                stack.push_async_callback(self._close_ledger)
             group = await stack.enter_async_context(anyio.create_task_group())
             if self.redis is not None:
                 group.start_soon(self._maintain_pools)
@@ -159,6 +166,11 @@ class Gateway:
                 yield self
             finally:
                 group.cancel_scope.cancel()
+
+    async def _close_ledger(self) -> None:
+        assert self.ledger is not None
+        with anyio.CancelScope(shield=True):  # the rows of the last requests are written however the end came
+            await anyio.to_thread.run_sync(self.ledger.close)
 
     async def _maintain_pools(self) -> None:
         """Renew leases and refresh each pool's state every third of the lease TTL, for as long as the gateway
@@ -219,6 +231,23 @@ def _stamp(path: Path) -> tuple[float, int] | None:
     except OSError:  # being replaced, or gone: a change once it is back
         return None
     return stat.st_mtime, stat.st_size
+
+
+def _ledger(config: Config, metrics: Metrics) -> LedgerWriter | None:
+    """The usage ledger's writer for `[usage]` (None when it is off)."""
+    settings = config.usage
+    if settings.store == "off":
+        return None
+    store: Store
+    if settings.store == "postgres":
+        from megagate.ledger.postgres import PostgresStore
+
+        assert settings.dsn is not None  # config validation requires it
+        store = PostgresStore(settings.dsn)
+    else:
+        store = SQLiteStore(settings.path)
+    return LedgerWriter(store, bound=settings.queue_size, retention_days=settings.retention_days,
+                        on_drop=metrics.ledger_dropped.inc)  # fmt: skip
 
 
 def _tracing(config: Config) -> tuple[Any, Any] | None:

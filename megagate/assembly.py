@@ -32,12 +32,14 @@ from megagate.middleware.defaults import DefaultsMiddleware
 from megagate.middleware.errors import ErrorsMiddleware
 from megagate.middleware.fallback import FallbackMiddleware
 from megagate.middleware.hedging import HedgingMiddleware
+from megagate.middleware.ledger import LedgerMiddleware, Recorder
 from megagate.middleware.metrics import MetricsMiddleware
 from megagate.middleware.rotation import RotationMiddleware
 from megagate.ops.admin import AdminGuard, KeysApp
 from megagate.ops.prometheus import Metrics, MetricsApp
 from megagate.ops.reload import Reloadable, ReloadApp
 from megagate.ops.status_page import StatusPage
+from megagate.ops.usage_report import UsageApp
 from megagate.pool import KeyPool
 from megagate.routing import ENDPOINTS, Routes
 from megagate.state import route_of
@@ -57,6 +59,7 @@ class Resources:
     reloadable: Reloadable | None = None  # what POST /admin/reload reloads (None: the route answers 400)
     client_windows: SharedWindows | None = None  # per-client windows in the shared store (None: in process)
     tracer: Any = None  # an OpenTelemetry tracer, when [tracing] is configured
+    ledger: Recorder | None = None  # the usage ledger's writer ([usage] store = "off": None)
 
 
 def assemble(config: Config, resources: Resources) -> ASGIApp:
@@ -135,6 +138,8 @@ def build_router(config: Config, res: Resources) -> Router:
         metrics_app = AdminGuard(metrics_app, config.admin_token)
         keys = AdminGuard(KeysApp(res.pools), config.admin_token)
         routes.append(Route("/admin/keys", AllowMethods(("GET",), keys)))
+        usage = AdminGuard(UsageApp(config), config.admin_token)
+        routes.append(Route("/admin/usage", AllowMethods(("GET",), usage)))
         if res.reloadable is not None:
             reload = AdminGuard(ReloadApp(res.reloadable), config.admin_token)
             routes.append(Route("/admin/reload", AllowMethods(("POST",), reload)))
@@ -172,6 +177,7 @@ def build_stack(config: Config, res: Resources) -> list[tuple[Any, dict[str, Any
         *tracing,
         (MetricsMiddleware, {"metrics": res.metrics, "clock": clock}),
         (AccessLogMiddleware, {"clock": clock, "text": config.log_format == "text", "log": config.access_log}),
+        *([(LedgerMiddleware, {"ledger": res.ledger, "clock": clock})] if res.ledger is not None else []),
         (ErrorsMiddleware, {"debug": config.debug}),
         (AuthMiddleware, {"clients": config.clients, "directory": res.directory}),
         (DefaultsMiddleware, defaults),

@@ -14,7 +14,7 @@ from pathlib import Path
 import anyio
 import msgspec
 
-from megagate.core.errors import ConfigError
+from megagate.core.errors import ConfigError, MegagateError
 
 DEMO_PROMPT = "Say hello to a newcomer."
 
@@ -112,7 +112,8 @@ def demo(args: argparse.Namespace) -> int:
     fake_port = free_port()
     upstream = {"name": "fake", "base_url": f"http://127.0.0.1:{fake_port}", "keys": ["sk-demo-key-0001"]}
     # The access log would land on the terminal in the middle of the streamed text: the demo prints its own summary.
-    config = config_from_mapping({"upstreams": [upstream], "access_log": False})
+    # A demo's fake answers are not usage worth keeping: no ledger file in the directory it was run from.
+    config = config_from_mapping({"upstreams": [upstream], "access_log": False, "usage": {"store": "off"}})
     gateway = create_app(config)
     fake = FakeUpstream(ttft=0.3, tokens_per_second=12)
 
@@ -169,6 +170,34 @@ def hash_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def usage(args: argparse.Namespace) -> int:
+    """`megagate usage [--since 7d] [--until DAY] [--by client,model,day] [--csv]`: the ledger's sums, as a table."""
+    import datetime
+
+    from megagate.config import load_config
+    from megagate.ops.usage_report import as_csv, as_table, day, groups, report_store
+
+    try:
+        config = load_config()
+        group_by = groups(args.by)
+        today = datetime.datetime.now(datetime.UTC).date()
+        since, until = day(args.since, today, today - datetime.timedelta(days=7)), day(args.until, today, today)
+    except (ConfigError, MegagateError) as exc:
+        print(f"megagate: {exc}", file=sys.stderr)
+        return 2
+    store = report_store(config)
+    if store is None:
+        print('megagate: the usage ledger is off ([usage] store = "off")', file=sys.stderr)
+        return 2
+    try:
+        rows = store.report(since, until, group_by)
+    except Exception as exc:  # noqa: BLE001 -- the database's own error, said in one line
+        print(f"megagate: cannot read the usage ledger ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return 1
+    print(as_csv(rows, group_by) if args.csv else f"usage {since} .. {until} (UTC)\n{as_table(rows, group_by)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from megagate.config import log_level
 
@@ -194,6 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     hash_parser = commands.add_parser("hash-key", help="print the SHA-256 digest of a client key for the config")
     hash_parser.add_argument("key")
     hash_parser.set_defaults(run=hash_key)
+    usage_parser = commands.add_parser("usage", help="print what was spent, from the usage ledger")
+    usage_parser.add_argument("--since", help="a day (YYYY-MM-DD) or days back (7d); default 7d")
+    usage_parser.add_argument("--until", help="a day (YYYY-MM-DD); default today")
+    usage_parser.add_argument("--by", default="day", help="client, model, day, upstream (comma-separated)")
+    usage_parser.add_argument("--csv", action="store_true", help="CSV with a header row, for a spreadsheet")
+    usage_parser.set_defaults(run=usage)
     args = parser.parse_args(argv)
     return int(args.run(args))
 

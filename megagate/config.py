@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from megagate.core.errors import ConfigError
+from megagate.core.pricing import Price
 from megagate.core.redis_url import RedisURLError, parse_redis_url
 from megagate.core.scheduler import KeyLimits
 from megagate.core.secrets import key_id
@@ -163,6 +164,18 @@ class PoolSettings(_Config, frozen=True):
     workers: PositiveInt = 1  # processes sharing the keys: what the local fallback divides each limit by
 
 
+class UsageSettings(_Config, frozen=True):
+    """The usage ledger (megagate/ledger/): a SQLite file (the embedded default), PostgreSQL for several replicas,
+    or off. Rows are written by one thread off the request path; `queue_size` rows wait while the database is
+    slow or down, then the newest are dropped (counted)."""
+
+    store: Literal["sqlite", "postgres", "off"] = "sqlite"
+    path: str = "megagate-usage.db"  # the SQLite file (relative to the working directory)
+    dsn: str | None = None  # PostgreSQL, e.g. "env:MEGAGATE_USAGE_DSN" (postgresql://user:pass@host/db)
+    retention_days: PositiveFloat | None = 90.0  # per-request rows older than this are deleted; rollups stay
+    queue_size: PositiveInt = 10_000
+
+
 class Tracing(_Config, frozen=True):
     """OpenTelemetry traces (needs the `tracing` extra): spans to the console or to an OTLP/HTTP endpoint."""
 
@@ -193,6 +206,8 @@ class Config(_Config, frozen=True):
     admin_token: str | None = None  # guards /admin/*; without one the admin routes do not exist
     pool: PoolSettings = PoolSettings()
     tracing: Tracing | None = None  # off unless present
+    usage: UsageSettings = UsageSettings()
+    prices: dict[str, Price] = {}  # model glob -> USD per million tokens; the first match wins (core/pricing.py)
     watch: bool = False  # reload when the file (MEGAGATE_CONFIG) changes, as on SIGHUP; each worker watches it
 
     def __post_init__(self) -> None:
@@ -210,6 +225,8 @@ class Config(_Config, frozen=True):
             raise ConfigError('pool.redis_url: required with store = "redis" (or set MEGAGATE_REDIS_URL)')
         if self.pool.redis_url:
             _check_redis_url(self.pool.redis_url)
+        if self.usage.store == "postgres" and not self.usage.dsn:
+            raise ConfigError('usage.dsn: required with store = "postgres" (e.g. "env:MEGAGATE_USAGE_DSN")')
         if len({c.digest for c in self.clients}) != len(self.clients):
             raise ConfigError("clients: two clients share a key")
         for index, upstream in enumerate(self.upstreams):

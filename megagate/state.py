@@ -71,6 +71,9 @@ class ClientAnswer(Protocol):
     @property
     def failure(self) -> str | None: ...
 
+    @property
+    def cost(self) -> float | None: ...
+
     async def end(self, error: UpstreamError) -> None: ...
 
 
@@ -114,6 +117,11 @@ class RequestState:
     def usage(self) -> Usage | None:
         """What the current attempt's answer says it used."""
         return self.answer.usage if self.answer is not None else None
+
+    @property
+    def cost(self) -> float | None:
+        """USD for what the current attempt's answer used; None when its model has no price, or nothing answered."""
+        return self.answer.cost if self.answer is not None else None
 
     @property
     def stream_failure(self) -> str | None:

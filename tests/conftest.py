@@ -68,11 +68,13 @@ class Process:
     """A child process with its output captured to a file, so tests can grep what it printed. It leads a process
     group of its own, so stop() and kill() reach what it started (hypercorn's workers) too."""
 
-    def __init__(self, args: list[str], port: int, log: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, args: list[str], port: int, log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> None:
         self.port = port
         self.log = log
         self._file = open(log, "wb")  # noqa: SIM115 -- lives as long as the process; closed in stop()
-        self.popen = subprocess.Popen(args, stdout=self._file, stderr=subprocess.STDOUT, env=env,
+        self.popen = subprocess.Popen(args, stdout=self._file, stderr=subprocess.STDOUT, env=env, cwd=cwd,
                                       start_new_session=True)  # fmt: skip
         try:
             wait_for_port(port, self.popen)
@@ -115,7 +117,8 @@ def start_gateway(tmp: Path, config_toml: str, *hypercorn_args: str, port: int |
     config.write_text(config_toml)
     env = {**os.environ, "MEGAGATE_CONFIG": str(config)}
     args = [sys.executable, "-m", "hypercorn", "-c", str(HYPERCORN_TOML), "-b", f"127.0.0.1:{port}", *hypercorn_args]
-    return Process([*args, "megagate.app:app"], port, tmp / f"gateway-{port}.log", env)
+    # run where its files belong: the usage ledger's default SQLite file lands in the test's directory
+    return Process([*args, "megagate.app:app"], port, tmp / f"gateway-{port}.log", env, cwd=tmp)
 
 
 class FakeControl:
@@ -221,3 +224,61 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server = RedisServer(tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()
+
+
+POSTGRES_BIN = sorted(Path("/usr/lib/postgresql").glob("*/bin"))[-1:] if Path("/usr/lib/postgresql").is_dir() else []
+
+
+class PostgresServer:
+    """A real PostgreSQL (Debian's `postgresql` package) in a throwaway cluster on a free port, started and
+    stopped by the tests; as root it runs as the `postgres` user (initdb refuses root). stop() and start() again
+    keep the data, as a restarted database would."""
+
+    def __init__(self) -> None:
+        import tempfile
+
+        if not POSTGRES_BIN:
+            pytest.fail("PostgreSQL is not installed (Debian package postgresql; .ci/run installs it)")
+        self.bin = POSTGRES_BIN[0]
+        self.dir = Path(tempfile.mkdtemp(prefix="megagate-pg-"))  # not under pytest's 0700 tmp: postgres reads it
+        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self.as_user:
+            shutil.chown(self.dir, "postgres", "postgres")
+        subprocess.run([*self.as_user, str(self.bin / "initdb"), "-D", str(self.dir / "data"), "-A", "trust",
+                        "-U", "postgres"], check=True, capture_output=True)  # fmt: skip
+        self.port = free_port()
+        self.popen: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> None:
+        args = [*self.as_user, str(self.bin / "postgres"), "-D", str(self.dir / "data"), "-p", str(self.port),
+                "-h", "127.0.0.1", "-k", str(self.dir), "-c", "fsync=off", "-c", "full_page_writes=off"]  # fmt: skip
+        self.popen = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                      start_new_session=True)  # fmt: skip
+        wait_for_port(self.port, self.popen, timeout=30)
+
+    def stop(self) -> None:
+        if self.popen is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGINT)  # fast shutdown
+            try:
+                self.popen.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait()
+            self.popen = None
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    server = PostgresServer()
+    yield server
+    server.remove()

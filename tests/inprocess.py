@@ -38,10 +38,12 @@ async def call(
     method: str = "POST",
     headers: list[tuple[bytes, bytes]] | None = None,
     within: float = 5.0,
+    query: bytes = b"",
 ) -> Recorder:
     raw = body if isinstance(body, bytes) else msgspec.json.encode(body)
     recorder = Recorder()
     scope = http_scope(path, method, headers or [(b"content-type", b"application/json")])
+    scope["query_string"] = query
     with anyio.fail_after(within):
         await app(scope, receiver(raw if method == "POST" else b""), recorder)
     return recorder

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -21,14 +22,14 @@ pytestmark = pytest.mark.anyio
 
 @pytest.fixture(params=["memory", "redis"])
 async def host_app(
-    fake_upstream: Process, redis_server: RedisServer, request: pytest.FixtureRequest
+    fake_upstream: Process, redis_server: RedisServer, request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[Any]:
     """A host app mounting megagate; Mount runs no sub-app lifespan, so the host runs the gateway's resources in
     its own (`gateway.running()`: the Redis client and lease renewal when the pool is shared)."""
     pool = {"store": "redis", "redis_url": redis_server.url, "prefix": "mount"} if request.param == "redis" else {}
-    config = config_from_mapping(
-        {"pool": pool, "upstreams": [{"name": "fake", "base_url": fake_upstream.url, "keys": ["sk-mount-key"]}]}
-    )
+    usage = {"path": str(tmp_path / "usage.db")}  # the ledger, as the embedding app would keep it
+    upstreams = [{"name": "fake", "base_url": fake_upstream.url, "keys": ["sk-mount-key"]}]
+    config = config_from_mapping({"pool": pool, "usage": usage, "upstreams": upstreams})
     gateway = create_app(config)
 
     async def home(request: Any) -> PlainTextResponse:

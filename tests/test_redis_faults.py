@@ -36,6 +36,7 @@ class ManualClock:
 def faulty_gateway(url: str, policy: str, clock: ManualClock) -> Any:
     settings = {
         "access_log": False,
+        "usage": {"store": "off"},
         "timeouts": {"pool": 0.3},  # the Redis client's bound per call (a silent Redis costs this much)
         "pool": {
             "store": "redis",

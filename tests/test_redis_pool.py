@@ -214,6 +214,7 @@ async def test_a_clients_rpm_holds_across_gateways_sharing_redis(redis_server: R
 
     settings = {
         "access_log": False,
+        "usage": {"store": "off"},
         "pool": {"store": "redis", "redis_url": redis_server.url, "prefix": secrets.token_hex(4)},
         "clients": [{"name": "ci", "key": "client-key-shared-0001", "rpm": 3}],
         "upstreams": [{"name": "up", "base_url": "http://upstream.test", "keys": [KEY_A]}],

@@ -47,6 +47,7 @@ class Certificates:
 def gateway_on(url: str) -> Any:
     settings = {
         "access_log": False,
+        "usage": {"store": "off"},
         "timeouts": {"pool": 2.0},
         "pool": {"store": "redis", "redis_url": url, "prefix": secrets.token_hex(4)},
         "upstreams": [{"name": "up", "base_url": "http://upstream.test", "keys": ["sk-mega-tls-aaaa1111"]}],

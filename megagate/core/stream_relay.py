@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 
@@ -131,6 +131,29 @@ def usage_of(data: bytes, fmt: Format, before: Usage | None = None) -> Usage | N
     return before.merged(report) if before is not None else Usage.of(report)
 
 
+def _without_usage_chunks(events: list[ServerSentEvent]) -> tuple[bytes, list[ServerSentEvent]]:
+    """OpenAI chat events without the usage-only chunks (`"choices": []`), as bytes again: run only on the one
+    piece of a stream that carries usage."""
+    kept = [e for e in events if not _usage_only(e.data)]
+    return b"".join(b"data: " + e.data + b"\n\n" for e in kept), kept
+
+
+def _usage_only(data: bytes) -> bool:
+    if b'"usage"' not in data:
+        return False
+    try:
+        return _choices_view.decode(data).choices == []
+    except msgspec.DecodeError:
+        return False  # not ours to judge: it goes to the client as it came
+
+
+class _ChoicesView(msgspec.Struct):
+    choices: list[Any] | None = None
+
+
+_choices_view = msgspec.json.Decoder(_ChoicesView)
+
+
 RESPONSES_ENDS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
 
@@ -160,11 +183,14 @@ class StreamRelay:
         upstream: Format,
         translator: StreamTranslator | None,
         error_for: Callable[[bytes], UpstreamError],
+        *,
+        hide_usage: bool = False,
     ) -> None:
         self.client = client
         self.upstream = upstream
         self.translator = translator
         self.error_for = error_for
+        self.hide_usage = hide_usage  # the usage chunk was asked for megagate's count, not by the client: drop it
         self.decoder = SSEDecoder()
         self.started = False
         self.ended = False
@@ -190,6 +216,8 @@ class StreamRelay:
         if b'"usage"' in complete:
             for event in events:
                 self.usage = usage_of(event.data, self.upstream, self.usage)
+            if self.hide_usage:
+                complete, events = _without_usage_chunks(events)
         data, failure = self._client_bytes(complete, events)
         if at_eof and failure is None and not self.ended:
             failure = UpstreamProtocolError(

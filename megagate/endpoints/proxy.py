@@ -21,6 +21,7 @@ from megagate.core.errors import (
     NotFound,
     UpstreamStatus,
 )
+from megagate.core.pricing import PriceTable
 from megagate.core.stream_relay import usage_of
 from megagate.endpoints.relay import SSE_HEADERS, Plan, Relay, make_plan, stream_for, told_headers, translate_plain
 from megagate.routing import Endpoint, Target, auth_headers
@@ -55,6 +56,7 @@ class UpstreamProxy:
         self.route = route
         self.wall_clock = wall_clock
         self._origins = {u.name: (Origin.from_url(u.origin_url), base_path_of(u.origin_url)) for u in config.upstreams}
+        self.prices = PriceTable(config.prices)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = get_state(scope)
@@ -80,7 +82,8 @@ class UpstreamProxy:
         # deadline here: the transport bounds the wait for its whole body. One watch, not two scopes: each costs.
         first_byte = self.config.timeouts.first_byte
         async with CancelOnDisconnect(receive) as disconnect:
-            answer = state.answer = Relay(send, on_start=disconnect.no_expiry)
+            answer = state.answer = Relay(send, on_start=disconnect.no_expiry, prices=self.prices,
+                                          model=state.request.model)  # fmt: skip
             if state.request.stream:
                 disconnect.expire_after(first_byte)
             await self._exchange(state, plan, answer, disconnect, origin, base_path + plan.path, headers, secrets)

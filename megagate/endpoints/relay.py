@@ -15,6 +15,7 @@ import msgspec
 
 from megagate.asgi import Headers, Send, send_json
 from megagate.core.errors import Format, InvalidRequest, UpstreamError, UpstreamProtocolError
+from megagate.core.pricing import PriceTable
 from megagate.core.responses import ToolName, chat_to_responses_answer, responses_to_chat_request
 from megagate.core.responses_stream import ChatToResponsesStream
 from megagate.core.stream_relay import AnthropicToResponsesStream, StreamRelay, StreamTranslator
@@ -53,6 +54,7 @@ class Plan:
     created: int  # Unix time stamped on translated OpenAI answers
     tools: dict[str, ToolName] = field(default_factory=dict)  # Responses clients: chat tool names mapped back
     dropped_tools: list[str] = field(default_factory=list)  # hosted tools the upstream cannot run, left out
+    hide_usage: bool = False  # usage asked of the upstream for megagate's count only: the client did not ask
 
     @property
     def translated(self) -> bool:
@@ -73,6 +75,8 @@ def make_plan(state: RequestState, target: Target, created: int) -> Plan:
     """What to send where: the request as is, or translated into the upstream's format."""
     client, upstream = state.format, target.format
     plan = Plan(client, upstream, target.path, state.request.encode(), created)
+    if client == upstream == "openai" and state.request.stream and state.endpoint.operation == "chat":
+        _ask_for_usage(state, plan)
     if client == upstream:  # token counts and embeddings are only ever routed to their own format
         return plan
     try:
@@ -86,6 +90,23 @@ def make_plan(state: RequestState, target: Target, created: int) -> Plan:
         ) from None
     plan.body = _encoder.encode(translated)
     return plan
+
+
+def _ask_for_usage(state: RequestState, plan: Plan) -> None:
+    """Every stream is counted: a chat stream whose client did not ask for `include_usage` asks for it upstream
+    (the client's other `stream_options` kept), and the usage chunk is kept from the client (`hide_usage`)."""
+    given = state.request.fields.get("stream_options")
+    try:
+        options = _any.decode(given) if given is not None else {}
+    except msgspec.ValidationError:
+        return  # not an object: the upstream judges it as the client sent it
+    if options.get("include_usage") is True:
+        return
+    fields = {
+        **state.request.fields,
+        "stream_options": msgspec.Raw(_encoder.encode({**options, "include_usage": True})),
+    }
+    plan.body, plan.hide_usage = _encoder.encode(fields), True
 
 
 def translate_plain(payload: bytes, plan: Plan) -> bytes:
@@ -110,7 +131,7 @@ def told_headers(plan: Plan) -> list[tuple[bytes, bytes]]:
 def stream_for(state: RequestState, plan: Plan, error_for: Callable[[bytes], UpstreamError]) -> StreamRelay:
     """The sans-I/O relay of this plan's stream: a translator when the formats differ, none (the upstream's event
     bytes as they came) when they match. `error_for(data)` builds the error an upstream error event stands for."""
-    return StreamRelay(plan.client, plan.upstream, _translator(state, plan), error_for)
+    return StreamRelay(plan.client, plan.upstream, _translator(state, plan), error_for, hide_usage=plan.hide_usage)
 
 
 def _translator(state: RequestState, plan: Plan) -> StreamTranslator | None:
@@ -135,20 +156,36 @@ class Relay:
     it started. Streams go through the sans-I/O `core.stream_relay.StreamRelay`, which makes every decision; this
     class only does the I/O. `on_start()` is called just before the answer's first byte (its headers) goes out."""
 
-    def __init__(self, send: Send, on_start: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        send: Send,
+        on_start: Callable[[], None] = lambda: None,
+        *,
+        prices: PriceTable | None = None,
+        model: str | None = None,
+    ) -> None:
         self.send = send
         self.on_start = on_start
+        self.prices = prices  # what `model`'s tokens cost (None: nothing is priced here)
+        self.model = model
         self.stream: StreamRelay | None = None
         self.started = False
         self.closed = False  # the last body message went out
         self.usage: Usage | None = None
         self.failure: str | None = None
 
+    @property
+    def cost(self) -> float | None:
+        """USD for the usage so far (0 when nothing was counted); None when the model has no price (never $0)."""
+        return self.prices.cost(self.model, self.usage) if self.prices is not None else None
+
     async def plain(self, status: int, payload: bytes, headers: Headers, usage: Usage | None) -> None:
-        """A whole answer, sent at once."""
+        """A whole answer, sent at once (with its cost in `x-megagate-cost-usd` when it is priced)."""
         self.usage = usage
         self.started = True
         self.on_start()
+        if (cost := self.cost) is not None:
+            headers = [*headers, (b"x-megagate-cost-usd", f"{cost:.8f}".encode())]
         await send_json(self.send, status, payload, headers)
         self.closed = True
 

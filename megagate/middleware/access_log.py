@@ -82,6 +82,8 @@ class AccessLogMiddleware:
                 line["cache_read_tokens"] = usage.cache_read
                 line["cache_write_tokens"] = usage.cache_write
                 line["reasoning_tokens"] = usage.reasoning
+                cost = state.cost
+                line["cost_usd"] = round(cost, 8) if cost is not None else None  # None: the model has no price
             if state.stream_failure is not None:  # a stream that started fine and then broke is no success
                 line["outcome"] = "failed_after_start"
                 line["error"] = state.stream_failure

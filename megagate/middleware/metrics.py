@@ -63,6 +63,10 @@ class MetricsMiddleware:
                                 ("reasoning", usage.reasoning)):  # fmt: skip
                 if count:
                     metrics.tokens(served, client, kind).inc(count)
+            if (cost := state.cost) is not None:
+                metrics.cost(served, client).inc(cost)
+            else:
+                metrics.unpriced(served).inc()
         for attempt in state.attempts:
             outcome = attempt.outcome_name
             metrics.attempts(attempt.upstream, attempt.key_id, outcome).inc()

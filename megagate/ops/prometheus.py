@@ -64,6 +64,14 @@ class Metrics:
             buckets=LATENCY_BUCKETS, registry=r,
         ))  # fmt: skip
         self.tokens = Children(Counter("megagate_tokens", "Tokens used", ["model", "client", "kind"], registry=r))
+        self.cost = Children(Counter("megagate_cost_usd", "USD spent, by [prices]", ["model", "client"], registry=r))
+        self.ledger_dropped = Counter(
+            "megagate_ledger_dropped_rows", "Usage rows dropped because the ledger's queue was full", registry=r
+        )
+        self.unpriced = Children(Counter(
+            "megagate_unpriced_requests", "Answers whose model has no price (their cost is unknown, not 0)", ["model"],
+            registry=r,
+        ))  # fmt: skip
         self.attempts = Children(Counter(
             "megagate_upstream_attempts", "Upstream attempts by outcome", ["upstream", "key_id", "outcome"], registry=r
         ))  # fmt: skip

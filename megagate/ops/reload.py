@@ -31,7 +31,7 @@ from megagate.core.secrets import key_id
 
 _encoder = msgspec.json.Encoder()
 # What a reload cannot change in a running process (the Redis client and the transport are opened once).
-NEEDS_RESTART = ("pool", "transport")
+NEEDS_RESTART = ("pool", "transport", "usage")
 
 
 class Reloadable(Protocol):
@@ -59,7 +59,8 @@ def changes(old: Config, new: Config) -> list[str]:
     new_clients = {c.name for c in new.clients}
     said += [f"client {c} added" for c in sorted(new_clients - old_clients)]
     said += [f"client {c} removed" for c in sorted(old_clients - new_clients)]
-    for field in ("default_model", "aliases", "defaults", "timeouts", "rotation", "hedging", "admin_token", "watch"):
+    for field in ("default_model", "aliases", "defaults", "timeouts", "rotation", "hedging", "admin_token", "watch",
+                  "prices"):  # fmt: skip
         if getattr(old, field) != getattr(new, field):
             said.append(f"{field} changed")
     return said

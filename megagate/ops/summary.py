@@ -55,6 +55,14 @@ def describe(config: Config) -> str:
         lines.append(f"  fallbacks: {chains}")
     if config.aliases:
         lines.append(f"  aliases: {', '.join(f'{a} -> {m}' for a, m in config.aliases.items())}")
+    if config.prices:
+        described = [f"{glob} in {p.input:g} out {p.output:g}"
+                     + (f" cache read {p.cache_read:g}" if p.cache_read is not None else "")
+                     + (f" cache write {p.cache_write:g}" if p.cache_write is not None else "")
+                     for glob, p in config.prices.items()]  # fmt: skip
+        lines.append(f"  prices (USD per 1M tokens, first match wins): {'; '.join(described)}")
+    else:
+        lines.append("  prices: none (every answer is unpriced: its cost is unknown, not 0)")
     t = config.timeouts
     lines.append(f"  timeouts: connect {t.connect:g} s, read {t.read:g} s, first byte {t.first_byte:g} s, "
                  f"total {t.total:g} s")  # fmt: skip

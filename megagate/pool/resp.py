@@ -158,8 +158,12 @@ class RedisClient:
         wrong (refused, reset, timed out, all connections busy, a reply that makes no sense) as RedisError."""
         if self._closed:
             raise RedisError("the Redis client is closed")
-        deadline = time.monotonic() + self.timeout
-        await self._take_slot(deadline)
+        now = time.monotonic()
+        deadline = now + self.timeout
+        try:
+            self._slots.acquire_nowait()
+        except anyio.WouldBlock:
+            await self._wait_for_slot(deadline)
         self._in_flight += 1
         try:
             return await self._execute(encode(*command), deadline)
@@ -169,18 +173,15 @@ class RedisClient:
             if self._drained is not None and self._in_flight == 0:
                 self._drained.set()
 
-    async def _take_slot(self, deadline: float) -> None:
+    async def _wait_for_slot(self, deadline: float) -> None:
         try:
-            self._slots.acquire_nowait()
-        except anyio.WouldBlock:
-            try:
-                with anyio.fail_after(max(0.0, deadline - time.monotonic())):
-                    await self._slots.acquire()
-            except TimeoutError:
-                raise RedisError(
-                    f"no Redis connection free within {self.timeout:g} s (all {self.max_connections} in use; "
-                    "[pool] redis_max_connections)"
-                ) from None
+            with anyio.fail_after(max(0.0, deadline - time.monotonic())):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise RedisError(
+                f"no Redis connection free within {self.timeout:g} s (all {self.max_connections} in use; "
+                "[pool] redis_max_connections)"
+            ) from None
 
     async def _execute(self, request: bytes, deadline: float) -> Reply:
         retried = False
@@ -197,26 +198,29 @@ class RedisClient:
             except BaseException:  # timed out, cancelled, or a reply that could not be read: the connection is spent
                 await connection.aclose()
                 raise
-            if isinstance(reply, ReplyError) and str(reply).startswith(NOT_THE_PRIMARY):
+            if isinstance(reply, ReplyError):
+                if self._closed or str(reply).startswith(NOT_THE_PRIMARY):
+                    await connection.aclose()
+                else:
+                    self._checkin(connection)
+                raise reply
+            if self._closed:
                 await connection.aclose()
             else:
-                await self._checkin(connection)
-            if isinstance(reply, ReplyError):
-                raise reply
+                self._checkin(connection)
             return reply
 
     async def _checkout(self, deadline: float) -> _Connection:
-        now = time.monotonic()
-        while self._idle and now - self._idle[0].idle_since > self.idle_timeout:
-            await self._idle.pop(0).aclose()  # the oldest idle ones first: a burst's extra connections
-        if self._idle:
-            return self._idle.pop()
+        idle = self._idle
+        if idle and deadline - idle[0].idle_since > self.idle_timeout + self.timeout:
+            now = time.monotonic()
+            while idle and now - idle[0].idle_since > self.idle_timeout:
+                await idle.pop(0).aclose()  # the oldest idle ones first: a burst's extra connections
+        if idle:
+            return idle.pop()
         return await self._connect(deadline)
 
-    async def _checkin(self, connection: _Connection) -> None:
-        if self._closed:
-            await connection.aclose()
-            return
+    def _checkin(self, connection: _Connection) -> None:
         connection.reused, connection.idle_since = True, time.monotonic()
         self._idle.append(connection)
 

@@ -42,7 +42,17 @@ class ReplyReader:
         self.reply: Reply = None
 
     def feed(self, data: bytes) -> bool:
-        self.started = True
+        if not self.started:  # the usual case: the whole reply in the first piece, parsed straight from the bytes
+            self.started = True
+            try:
+                reply, end = _whole(data, 0)
+            except _Cut:
+                pass
+            else:
+                if end != len(data):
+                    raise ProtocolError("Redis sent more than one reply to one command")
+                self.reply = reply
+                return True
         self.buffer += data
         while True:
             element = self._element()
@@ -97,6 +107,44 @@ class ReplyReader:
 
 
 _INCOMPLETE = object()
+
+
+class _Cut(Exception):
+    """The first piece does not hold the whole reply: read on incrementally."""
+
+
+def _whole(data: bytes, position: int) -> tuple[Reply, int]:
+    """One reply starting at `position` if `data` holds all of it (else _Cut), and where it ends. Only ever run on
+    the first piece of a reply, so that its cost stays linear however the rest arrives."""
+    end = data.find(b"\r\n", position)
+    if end == -1:
+        raise _Cut
+    kind, line, after = data[position], data[position + 1 : end], end + 2
+    if kind == _BULK:
+        size = _number(line)
+        if size < 0:
+            return None, after
+        if len(data) < after + size + 2:
+            raise _Cut
+        return data[after : after + size], after + size + 2
+    if kind == _SIMPLE:
+        return line, after
+    if kind == _INTEGER:
+        return _number(line), after
+    if kind == _ERROR:
+        return ReplyError(line.decode("utf-8", "replace")), after
+    if kind == _ARRAY:
+        count = _number(line)
+        if count < 0:
+            return None, after
+        items = []
+        for _ in range(count):
+            item, after = _whole(data, after)
+            items.append(item)
+        return items, after
+    raise ProtocolError(f"unexpected reply from Redis: {data[position : position + 32]!r}")
+
+
 _SIMPLE, _ERROR, _INTEGER, _BULK, _ARRAY = b"+-:$*"
 
 

@@ -29,7 +29,7 @@ def start_serve(tmp: Path, config_toml: str, *args: str) -> Process:
     config.write_text(config_toml)
     env = {**os.environ, "MEGAGATE_CONFIG": str(config)}
     command = [sys.executable, "-m", "megagate", "serve", "--bind", f"127.0.0.1:{port}", *args]
-    return Process(command, port, tmp / f"serve-{port}.log", env)
+    return Process(command, port, tmp / f"serve-{port}.log", env, cwd=tmp)  # the ledger file lands in tmp
 
 
 def workers_of(parent: Process, count: int) -> list[int]:

@@ -86,7 +86,7 @@ def test_serve_without_client_keys_warns_once_and_binds_locally(fake_upstream: P
     env.pop("MEGAGATE_CONFIG", None)
     env.pop("MEGAGATE_CLIENT_KEYS", None)
     server = Process([sys.executable, "-m", "megagate", "serve", "--bind", f"127.0.0.1:{port}"], port,
-                     tmp_path / "serve.log", env)  # fmt: skip
+                     tmp_path / "serve.log", env, cwd=tmp_path)  # fmt: skip -- its usage ledger lands there
     try:
         sdk = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
         assert sdk.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}]).choices
@@ -106,7 +106,7 @@ def test_serve_with_two_workers_and_the_memory_pool_warns_that_limits_are_per_wo
     env.pop("MEGAGATE_CONFIG", None)
     env.pop("MEGAGATE_REDIS_URL", None)
     command = [sys.executable, "-m", "megagate", "serve", "--bind", f"127.0.0.1:{port}", "-w", "2"]
-    server = Process(command, port, tmp_path / "serve.log", env)
+    server = Process(command, port, tmp_path / "serve.log", env, cwd=tmp_path)
     server.stop()
     warnings = [line for line in server.output().splitlines() if "warning" in line]
     assert len(warnings) == 1 and "2 workers with the in-memory key pool" in warnings[0]
