@@ -85,8 +85,13 @@ def test_serve_without_client_keys_warns_once_and_binds_locally(fake_upstream: P
     env = {**os.environ, "MEGALLM_API_KEYS": "sk-mega-serve-test-0001", "MEGALLM_BASE_URL": fake_upstream.url}
     env.pop("MEGAGATE_CONFIG", None)
     env.pop("MEGAGATE_CLIENT_KEYS", None)
-    server = Process([sys.executable, "-m", "megagate", "serve", "--bind", f"127.0.0.1:{port}"], port,
-                     tmp_path / "serve.log", env, cwd=tmp_path)  # fmt: skip -- its usage ledger lands there
+    server = Process(
+        [sys.executable, "-m", "megagate", "serve", "--bind", f"127.0.0.1:{port}"],
+        port,
+        tmp_path / "serve.log",
+        env,
+        cwd=tmp_path,
+    )  # fmt: skip -- its usage ledger lands there
     try:
         sdk = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
         assert sdk.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}]).choices
