@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import tempfile
 import time
 from typing import Any
 
@@ -39,8 +40,10 @@ EVENTS = [CHUNK] * 100 + [
 REQUEST = {"model": "bench", "messages": [{"role": "user", "content": "hi"}]}
 # Layers that can be left out and still leave a working gateway (DefaultsMiddleware prepares the request state
 # every other layer reads, so it stays).
-LAYERS = ["MetricsMiddleware", "AccessLogMiddleware", "ErrorsMiddleware", "AuthMiddleware", "ClientLimitsMiddleware",
-          "FallbackMiddleware", "RotationMiddleware"]  # fmt: skip
+LAYERS = ["MetricsMiddleware", "AccessLogMiddleware", "LedgerMiddleware", "ErrorsMiddleware", "AuthMiddleware",
+          "ClientLimitsMiddleware", "FallbackMiddleware", "RotationMiddleware"]  # fmt: skip
+LEDGER = os.path.join(tempfile.mkdtemp(prefix="megagate-stack-"), "usage.db")  # the default SQLite ledger, written
+PRICES = {"bench": {"input": 1.0, "output": 2.0}}  # priced, so that the cost is computed as in production
 
 
 class ChooseTarget:
@@ -64,7 +67,7 @@ def build(without: set[str]) -> Gateway:
         return sse(*EVENTS) if b'"stream":true' in request.body else MockResponse(body=[COMPLETION])
 
     upstream = {"name": "mock", "base_url": "http://mock.test", "keys": KEYS}
-    config = config_from_mapping({"upstreams": [upstream]}, environ={})
+    config = config_from_mapping({"upstreams": [upstream], "usage": {"path": LEDGER}, "prices": PRICES}, environ={})
     gateway = Gateway(config, transport=MockTransport(answer))
     resources = gateway.resources()
     app: Any = build_router(config, resources)
@@ -118,6 +121,9 @@ async def main_async(n: int, rounds: int) -> None:
     variants = [("default stack", set[str]())] + [(f"without {layer}", {layer}) for layer in LAYERS]
     variants.append(("defaults only (+ router, proxy)", set(LAYERS)))
     apps = [build(without) for _, without in variants]
+    for app in apps:  # each its own writer thread, as a served gateway has (started by its lifespan)
+        assert app.ledger is not None
+        app.ledger.start()
     best = [[float("inf"), float("inf")] for _ in variants]
     for round_ in range(rounds):  # the variants interleaved, each figure the best of its rounds: noise only adds
         for index, app in enumerate(apps):
@@ -129,6 +135,9 @@ async def main_async(n: int, rounds: int) -> None:
     for index, ((name, _), (plain, streamed)) in enumerate(zip(variants, best, strict=True)):
         shares = ("", "") if not index else (f"{1 - plain / base_plain:.0%}", f"{1 - streamed / base_stream:.0%}")
         print(f"| {name} | {plain:.1f} | {shares[0]} | {streamed:.2f} | {shares[1]} |")
+    for app in apps:
+        assert app.ledger is not None
+        app.ledger.close()
 
 
 def main() -> None:

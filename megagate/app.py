@@ -26,7 +26,7 @@ from megagate.ledger.writer import LedgerWriter
 from megagate.middleware.auth import ClientDirectory
 from megagate.ops.prometheus import Metrics
 from megagate.ops.reload import changes, restart_needed
-from megagate.parent_watch import leave_with, serving_parent
+from megagate.parent_watch import finish_on_sigterm, hypercorn_shutdown_event, leave_with, serving_parent
 from megagate.pool import KeyPool
 from megagate.pool.local import LocalKeyPool
 from megagate.upstream import Transport
@@ -160,6 +160,8 @@ class Gateway:
                 group.start_soon(self._reload_on_sighup)
             if own_process and (parent := serving_parent()) is not None:
                 group.start_soon(leave_with, parent)
+                if hypercorn_shutdown_event() is not None:  # a hypercorn worker: SIGTERM would kill it mid-flush
+                    group.start_soon(finish_on_sigterm)
             if self.loader is not None and (path := config_file()) is not None:
                 group.start_soon(self._reload_on_change, path)
             try:

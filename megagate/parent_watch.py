@@ -44,15 +44,33 @@ async def leave_with(parent: BaseProcess, shut_down: Callable[[], None] | None =
     (shut_down or ask_to_shut_down)()
 
 
-def ask_to_shut_down() -> None:
-    """hypercorn's workers shut down when the event their parent passed them is set (the one hypercorn-specific
-    touch: multiprocessing keeps a spawned process's arguments on `current_process()._kwargs`; workers ignore
-    SIGINT and die at once on SIGTERM, so a signal would not do). Setting it is what the parent itself does on
-    SIGTERM; its siblings, orphaned too, leave as well. Any other multiprocessing parent's worker gets SIGTERM, the
-    conventional request to shut down gracefully (uvicorn's workers handle it so)."""
+def hypercorn_shutdown_event() -> Any:
+    """The event hypercorn's parent passed this worker, set to shut it down (None outside a hypercorn worker).
+    The one hypercorn-specific touch: multiprocessing keeps a spawned process's arguments on
+    `current_process()._kwargs`."""
     arguments: dict[str, Any] = getattr(multiprocessing.current_process(), "_kwargs", None) or {}
-    shutdown_event = arguments.get("shutdown_event")
-    if shutdown_event is not None and callable(getattr(shutdown_event, "set", None)):
-        shutdown_event.set()
+    event = arguments.get("shutdown_event")
+    return event if event is not None and callable(getattr(event, "set", None)) else None
+
+
+def ask_to_shut_down() -> None:
+    """Shut this worker down gracefully: hypercorn's workers leave when their event is set (they ignore SIGINT and
+    die at once on SIGTERM, so a signal would not do); setting it is what the parent itself does on SIGTERM, and
+    its siblings, orphaned too, leave as well. Any other multiprocessing parent's worker gets SIGTERM, the
+    conventional request to shut down gracefully (uvicorn's workers handle it so)."""
+    event = hypercorn_shutdown_event()
+    if event is not None:
+        event.set()
     else:
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+async def finish_on_sigterm() -> None:
+    """SIGTERM asks this worker to shut down the graceful way instead of killing it. hypercorn's parent stops its
+    workers with an event, then SIGTERMs whichever is still finishing (its streams, the usage ledger's last rows),
+    which by default dies at once; the parent then waits for it to exit anyway (multiprocessing joins its
+    children), so finishing costs nothing but the rows it would have lost. A supervisor's SIGKILL still kills."""
+    with anyio.open_signal_receiver(signal.SIGTERM) as signals:
+        async for _ in signals:
+            logger.info("megagate: SIGTERM: this worker (pid %s) finishes what is in flight, then exits", os.getpid())
+            ask_to_shut_down()
