@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
 import signal
 import sys
@@ -19,6 +20,7 @@ import anyio
 from megagate.asgi import ASGIApp, Clock, Receive, Scope, Send
 from megagate.assembly import Resources, assemble, build_transport
 from megagate.config import Config, config_file, load_config, prometheus_multiprocess
+from megagate.core.budget import seed_from_rows
 from megagate.core.errors import ConfigError, RedisError
 from megagate.ledger import Store
 from megagate.ledger.sqlite import SQLiteStore
@@ -26,8 +28,10 @@ from megagate.ledger.writer import LedgerWriter
 from megagate.middleware.auth import ClientDirectory
 from megagate.ops.prometheus import Metrics
 from megagate.ops.reload import changes, restart_needed
+from megagate.ops.usage_report import report_store
 from megagate.parent_watch import finish_on_sigterm, hypercorn_shutdown_event, leave_with, serving_parent
 from megagate.pool import KeyPool
+from megagate.pool.budget_store import LocalBudgets, RedisBudgets
 from megagate.pool.local import LocalKeyPool
 from megagate.upstream import Transport
 
@@ -70,6 +74,7 @@ class Gateway:
         self.tracing = _tracing(config)  # (provider, tracer) when [tracing] is configured
         self.pools = self._pools(clock)
         self.ledger = _ledger(config, self.metrics)  # started by running(); a reload keeps it
+        self.budgets = self._budgets()  # the book of spend and reservations; a reload keeps it
         self.directory: ClientDirectory | None = None
         self.app = self._assemble()
 
@@ -83,7 +88,7 @@ class Gateway:
         assert self.directory is not None  # made by _assemble before it asks
         tracer = self.tracing[1] if self.tracing is not None else None
         return Resources(self.transport, self.metrics, self.pools, self.directory, self.clock, self,
-                         self.client_windows, tracer, self.ledger)  # fmt: skip
+                         self.client_windows, tracer, self.ledger, self.budgets)  # fmt: skip
 
     async def reload(self) -> tuple[bool, str]:
         """Load the configuration again and swap it in between requests (see `megagate.reload`); (ok, what
@@ -140,6 +145,34 @@ class Gateway:
             for u in upstreams
         }  # fmt: skip
 
+    def _budgets(self) -> LocalBudgets | RedisBudgets:
+        """Budget spend in this process (seeded from the ledger by `running()`), or shared through the pool's Redis."""
+        if self.redis is None:
+            return LocalBudgets()
+        settings = self.config.pool
+        return RedisBudgets(self.redis, prefix=settings.prefix, ttl=max(600.0, 2 * self.config.timeouts.total),
+                            on_redis_error=settings.on_redis_error)  # fmt: skip
+
+    async def _seed_budgets(self) -> None:
+        """A restart keeps this month's spend: the in-process book starts from the ledger's rollups."""
+        config = self.config
+        client_budgets = {c.name: c.budget for c in config.clients if c.budget is not None}
+        if not isinstance(self.budgets, LocalBudgets) or not (client_budgets or config.budgets):
+            return
+        store = report_store(config)
+        if store is None:
+            return
+        now = time.time()
+        month = datetime.datetime.fromtimestamp(now, datetime.UTC).strftime("%Y-%m")
+        try:
+            rows = await anyio.to_thread.run_sync(
+                store.report, f"{month}-01", f"{month}-31", ["day", "client", "model"]
+            )
+        except Exception as exc:  # noqa: BLE001 -- the database's own error: budgets start from zero, said once
+            logger.warning("megagate: budgets start from zero: the usage ledger could not be read (%s)", exc)
+            return
+        seed_from_rows(self.budgets.book, rows, client_budgets, list(config.budgets.items()), now)
+
     @asynccontextmanager
     async def running(self, *, own_process: bool = False) -> AsyncIterator[Gateway]:
         """The gateway's resources for as long as it serves: the Redis client, the pools' lease renewal and, when
@@ -150,6 +183,7 @@ class Gateway:
             if self.redis is not None:
                 await stack.enter_async_context(self.redis)
                 await self._say_if_redis_is_unreachable()  # before serving: the line comes first (within the timeout)
+            await self._seed_budgets()
             if self.ledger is not None:
                 self.ledger.start()  # its thread writes; at the end what is queued is flushed (within 10 s)
                 stack.push_async_callback(self._close_ledger)

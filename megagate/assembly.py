@@ -22,11 +22,13 @@ from starlette.routing import Route, Router
 from megagate.asgi import ASGIApp, Clock, Receive, Scope, Send, send_error, send_json
 from megagate.config import Config
 from megagate.core.errors import InvalidRequest, NotFound
+from megagate.core.pricing import PriceTable
 from megagate.endpoints.count_tokens import CountTokensApp
 from megagate.endpoints.models import ModelsApp
 from megagate.endpoints.proxy import UpstreamProxy
 from megagate.middleware.access_log import AccessLogMiddleware
 from megagate.middleware.auth import AuthMiddleware, ClientDirectory
+from megagate.middleware.budgets import BudgetMiddleware, Budgets
 from megagate.middleware.client_limits import ClientLimitsMiddleware, SharedWindows
 from megagate.middleware.defaults import DefaultsMiddleware
 from megagate.middleware.errors import ErrorsMiddleware
@@ -60,6 +62,7 @@ class Resources:
     client_windows: SharedWindows | None = None  # per-client windows in the shared store (None: in process)
     tracer: Any = None  # an OpenTelemetry tracer, when [tracing] is configured
     ledger: Recorder | None = None  # the usage ledger's writer ([usage] store = "off": None)
+    budgets: Budgets | None = None  # where budget spend and reservations live (this process, or Redis)
 
 
 def assemble(config: Config, resources: Resources) -> ASGIApp:
@@ -168,6 +171,10 @@ def build_stack(config: Config, res: Resources) -> list[tuple[Any, dict[str, Any
     rotation = {"pools": res.pools, "route": Routes(config), "rotation": config.rotation, "clock": clock}
     client_limits = {"clock": clock, "default_max_tokens": config.rotation.default_max_tokens,
                      "shared": res.client_windows}  # fmt: skip
+    budgets: dict[str, Any] = {}
+    if res.budgets is not None and (config.budgets or any(c.budget for c in config.clients)):
+        budgets = {"budgets": res.budgets, "prices": PriceTable(config.prices), "model_budgets": config.budgets,
+                   "default_max_tokens": config.rotation.default_max_tokens}  # fmt: skip
     tracing: list[tuple[Any, dict[str, Any]]] = []
     if res.tracer is not None:  # an optional dependency, imported only when configured
         from megagate.middleware.tracing import TracingMiddleware
@@ -182,6 +189,7 @@ def build_stack(config: Config, res: Resources) -> list[tuple[Any, dict[str, Any
         (AuthMiddleware, {"clients": config.clients, "directory": res.directory}),
         (DefaultsMiddleware, defaults),
         (ClientLimitsMiddleware, client_limits),
+        *([(BudgetMiddleware, budgets)] if budgets else []),
         (FallbackMiddleware, {"chains": config.fallbacks, "timeout": config.timeouts.total}),
         *([(HedgingMiddleware, {"delay": hedging.delay, "models": hedging.models})] if hedging else []),
         (RotationMiddleware, rotation),

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from megagate.core.budget import Budget
 from megagate.core.errors import ConfigError
 from megagate.core.pricing import Price
 from megagate.core.redis_url import RedisURLError, parse_redis_url
@@ -140,6 +141,8 @@ class ClientConfig(_Config, frozen=True):
     rpm: PositiveInt | None = None
     tpm: PositiveInt | None = None
     revoked: bool = False
+    budget: Budget | None = None  # USD per UTC day / month (core/budget.py)
+    on_budget: str = "reject"  # over budget: 429 budget_exceeded, or the name of a cheaper model to serve instead
 
     @property
     def digest(self) -> str:
@@ -208,6 +211,7 @@ class Config(_Config, frozen=True):
     tracing: Tracing | None = None  # off unless present
     usage: UsageSettings = UsageSettings()
     prices: dict[str, Price] = {}  # model glob -> USD per million tokens; the first match wins (core/pricing.py)
+    budgets: dict[str, Budget] = {}  # model glob -> USD per UTC day / month across all clients; the first match
     watch: bool = False  # reload when the file (MEGAGATE_CONFIG) changes, as on SIGHUP; each worker watches it
 
     def __post_init__(self) -> None:

@@ -84,7 +84,8 @@ class RequestState:
     usage, a stream's failure) is read from the answer, never written here."""
 
     endpoint: Endpoint  # DefaultsMiddleware (from the request's route): what the client asked for, in which format
-    request: ChatRequest  # DefaultsMiddleware; FallbackMiddleware sets the model of each fallback
+    request: ChatRequest  # DefaultsMiddleware; BudgetMiddleware (a cheaper model over budget) and FallbackMiddleware
+    # (each fallback) set its model
     target: Target | None = None  # RotationMiddleware (routing.choose): where the current attempt goes
     api_key: str | None = None  # RotationMiddleware: the pool key leased for the current attempt (a secret)
     attempts: list[Attempt] = field(default_factory=list)  # RotationMiddleware appends; HedgingMiddleware merges

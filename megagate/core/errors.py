@@ -67,6 +67,13 @@ class RateLimited(MegagateError):
     type = "rate_limit_error"
 
 
+class BudgetExceeded(RateLimited):
+    """A client's or a model's spending limit for the day or month is reached (Retry-After: until it resets)."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message, code="budget_exceeded", retry_after=retry_after)
+
+
 class NoKeyAvailable(RateLimited):
     """Every upstream key is saturated or cooling."""
 
