@@ -26,6 +26,7 @@ from megagate.ledger import Store
 from megagate.ledger.sqlite import SQLiteStore
 from megagate.ledger.writer import LedgerWriter
 from megagate.middleware.auth import ClientDirectory
+from megagate.ops.alerts import AlertSender
 from megagate.ops.prometheus import Metrics
 from megagate.ops.reload import changes, restart_needed
 from megagate.ops.usage_report import report_store
@@ -34,6 +35,7 @@ from megagate.pool import KeyPool
 from megagate.pool.budget_store import LocalBudgets, RedisBudgets
 from megagate.pool.local import LocalKeyPool
 from megagate.upstream import Transport
+from megagate.upstream.fast_transport import FastTransport
 
 logger = logging.getLogger("megagate")
 WATCH_EVERY = 1.0  # seconds between looks at the configuration file, with `watch = true`
@@ -75,6 +77,7 @@ class Gateway:
         self.pools = self._pools(clock)
         self.ledger = _ledger(config, self.metrics)  # started by running(); a reload keeps it
         self.budgets = self._budgets()  # the book of spend and reservations; a reload keeps it
+        self.alerts = self._alerts()  # budget alerts, posted by a task of running()
         self.directory: ClientDirectory | None = None
         self.app = self._assemble()
 
@@ -88,7 +91,7 @@ class Gateway:
         assert self.directory is not None  # made by _assemble before it asks
         tracer = self.tracing[1] if self.tracing is not None else None
         return Resources(self.transport, self.metrics, self.pools, self.directory, self.clock, self,
-                         self.client_windows, tracer, self.ledger, self.budgets)  # fmt: skip
+                         self.client_windows, tracer, self.ledger, self.budgets, self.alerts)  # fmt: skip
 
     async def reload(self) -> tuple[bool, str]:
         """Load the configuration again and swap it in between requests (see `megagate.reload`); (ok, what
@@ -145,6 +148,14 @@ class Gateway:
             for u in upstreams
         }  # fmt: skip
 
+    def _alerts(self) -> AlertSender | None:
+        """The webhook's own connection (not the upstream transport: a webhook is not an upstream, and tests give
+        the upstream a mock), closed with the gateway."""
+        if not self.config.alerts.webhook:
+            return None
+        transport = FastTransport(timeouts=self.config.timeouts, max_connections=4)
+        return AlertSender(transport, self.config.alerts.webhook, on_result=lambda r: self.metrics.alerts(r).inc())
+
     def _budgets(self) -> LocalBudgets | RedisBudgets:
         """Budget spend in this process (seeded from the ledger by `running()`), or shared through the pool's Redis."""
         if self.redis is None:
@@ -190,6 +201,8 @@ class Gateway:
             group = await stack.enter_async_context(anyio.create_task_group())
             if self.redis is not None:
                 group.start_soon(self._maintain_pools)
+            if self.alerts is not None:
+                group.start_soon(self.alerts.run)
             if own_process and hasattr(signal, "SIGHUP"):
                 group.start_soon(self._reload_on_sighup)
             if own_process and (parent := serving_parent()) is not None:
@@ -257,6 +270,8 @@ class Gateway:
 
     async def aclose(self) -> None:
         await self.transport.aclose()
+        if self.alerts is not None:
+            await self.alerts.aclose()
         if self.tracing is not None:
             self.tracing[0].shutdown()
 

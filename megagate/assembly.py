@@ -28,7 +28,7 @@ from megagate.endpoints.models import ModelsApp
 from megagate.endpoints.proxy import UpstreamProxy
 from megagate.middleware.access_log import AccessLogMiddleware
 from megagate.middleware.auth import AuthMiddleware, ClientDirectory
-from megagate.middleware.budgets import BudgetMiddleware, Budgets
+from megagate.middleware.budgets import Alerts, BudgetMiddleware, Budgets
 from megagate.middleware.client_limits import ClientLimitsMiddleware, SharedWindows
 from megagate.middleware.defaults import DefaultsMiddleware
 from megagate.middleware.errors import ErrorsMiddleware
@@ -63,6 +63,7 @@ class Resources:
     tracer: Any = None  # an OpenTelemetry tracer, when [tracing] is configured
     ledger: Recorder | None = None  # the usage ledger's writer ([usage] store = "off": None)
     budgets: Budgets | None = None  # where budget spend and reservations live (this process, or Redis)
+    alerts: Alerts | None = None  # where budget threshold crossings go ([alerts] webhook)
 
 
 def assemble(config: Config, resources: Resources) -> ASGIApp:
@@ -174,7 +175,8 @@ def build_stack(config: Config, res: Resources) -> list[tuple[Any, dict[str, Any
     budgets: dict[str, Any] = {}
     if res.budgets is not None and (config.budgets or any(c.budget for c in config.clients)):
         budgets = {"budgets": res.budgets, "prices": PriceTable(config.prices), "model_budgets": config.budgets,
-                   "default_max_tokens": config.rotation.default_max_tokens}  # fmt: skip
+                   "default_max_tokens": config.rotation.default_max_tokens, "alerts": res.alerts,
+                   "thresholds": config.alerts.thresholds}  # fmt: skip
     tracing: list[tuple[Any, dict[str, Any]]] = []
     if res.tracer is not None:  # an optional dependency, imported only when configured
         from megagate.middleware.tracing import TracingMiddleware

@@ -179,6 +179,13 @@ class UsageSettings(_Config, frozen=True):
     queue_size: PositiveInt = 10_000
 
 
+class AlertSettings(_Config, frozen=True):
+    """Budget alerts: one JSON POST to `webhook` per budget, threshold (a fraction of the limit) and period."""
+
+    webhook: str | None = None
+    thresholds: tuple[Annotated[float, msgspec.Meta(gt=0)], ...] = (0.5, 0.8, 1.0)
+
+
 class Tracing(_Config, frozen=True):
     """OpenTelemetry traces (needs the `tracing` extra): spans to the console or to an OTLP/HTTP endpoint."""
 
@@ -210,6 +217,7 @@ class Config(_Config, frozen=True):
     pool: PoolSettings = PoolSettings()
     tracing: Tracing | None = None  # off unless present
     usage: UsageSettings = UsageSettings()
+    alerts: AlertSettings = AlertSettings()
     prices: dict[str, Price] = {}  # model glob -> USD per million tokens; the first match wins (core/pricing.py)
     budgets: dict[str, Budget] = {}  # model glob -> USD per UTC day / month across all clients; the first match
     watch: bool = False  # reload when the file (MEGAGATE_CONFIG) changes, as on SIGHUP; each worker watches it
@@ -229,6 +237,8 @@ class Config(_Config, frozen=True):
             raise ConfigError('pool.redis_url: required with store = "redis" (or set MEGAGATE_REDIS_URL)')
         if self.pool.redis_url:
             _check_redis_url(self.pool.redis_url)
+        if self.alerts.webhook and not re.match(r"^https?://[^/\s]+", self.alerts.webhook):
+            raise ConfigError("alerts.webhook: must be an http:// or https:// URL")
         if self.usage.store == "postgres" and not self.usage.dsn:
             raise ConfigError('usage.dsn: required with store = "postgres" (e.g. "env:MEGAGATE_USAGE_DSN")')
         if len({c.digest for c in self.clients}) != len(self.clients):

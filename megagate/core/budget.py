@@ -160,3 +160,21 @@ def seed_from_rows(
             book.seed(f"{scope}:{month}", cost)
             if day == today:
                 book.seed(f"{scope}:{today}", cost)
+
+
+def crossed(thresholds: Iterable[float], before: float, after: float, limit: float) -> list[float]:
+    """The thresholds (fractions of `limit`) that spend crossed going from `before` to `after`."""
+    return [t for t in thresholds if before < t * limit <= after] if limit > 0 else []
+
+
+def alert_payload(line: Line, period_key: str, threshold: float, spent: float, now: float) -> dict[str, object]:
+    """What `[alerts] webhook` is posted when a budget crosses a threshold."""
+    kind, _, name = line.scope.partition(":")
+    return {
+        "type": "budget_threshold",
+        "budget": {"kind": kind, "name": name, "period": line.period, "limit_usd": line.limit},
+        "period": period_key,
+        "threshold": threshold,
+        "spent_usd": round(spent, 6),
+        "time": datetime.datetime.fromtimestamp(now, datetime.UTC).isoformat(timespec="seconds"),
+    }

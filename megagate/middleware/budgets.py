@@ -20,7 +20,7 @@ from typing import Protocol
 import anyio
 
 from megagate.asgi import ASGIApp, Headers, Receive, Scope, Send, observe_response
-from megagate.core.budget import Budget, Line, Refusal, lines_for
+from megagate.core.budget import Budget, Line, Refusal, alert_payload, crossed, lines_for
 from megagate.core.errors import BudgetExceeded
 from megagate.core.pricing import PriceTable
 from megagate.state import RequestState, get_client, get_state
@@ -33,7 +33,13 @@ class Budgets(Protocol):
         self, lines: Sequence[Line], amount: float, reservation: str, now: float
     ) -> Refusal | list[str]: ...
 
-    async def settle(self, keys: Sequence[str], reservation: str, cost: float) -> None: ...
+    async def settle(self, keys: Sequence[str], reservation: str, cost: float) -> list[float]: ...
+
+    async def first_crossing(self, key: str, threshold: float) -> bool: ...
+
+
+class Alerts(Protocol):
+    def offer(self, alert: dict[str, object]) -> None: ...
 
 
 class BudgetMiddleware:
@@ -45,9 +51,13 @@ class BudgetMiddleware:
         prices: PriceTable,
         model_budgets: Mapping[str, Budget] | None = None,
         default_max_tokens: int = 1024,
+        alerts: Alerts | None = None,
+        thresholds: Sequence[float] = (),
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.app = app
+        self.alerts = alerts  # where threshold crossings go ([alerts] webhook), None: nowhere
+        self.thresholds = sorted(thresholds)
         self.budgets = budgets
         self.prices = prices
         self.model_budgets = list((model_budgets or {}).items())
@@ -63,7 +73,7 @@ class BudgetMiddleware:
         if held is None:
             await self.app(scope, receive, send)
             return
-        keys, reservation, fallback = held
+        lines, keys, reservation, fallback = held
         try:
             if fallback:
                 observer, send = observe_response(scope, send)
@@ -73,9 +83,19 @@ class BudgetMiddleware:
                 await self.app(scope, receive, send)
         finally:
             with anyio.CancelScope(shield=True):  # settled however the request ended
-                await self.budgets.settle(keys, reservation, state.cost or 0.0)
+                cost = state.cost or 0.0
+                spent = await self.budgets.settle(keys, reservation, cost)
+                if self.alerts is not None and cost > 0:
+                    await self._alert(lines, keys, spent, cost)
 
-    async def _hold(self, scope: Scope, state: RequestState) -> tuple[list[str], str, bool] | None:
+    async def _alert(self, lines: list[Line], keys: list[str], spent: list[float], cost: float) -> None:
+        for line, key, after in zip(lines, keys, spent, strict=False):
+            for threshold in crossed(self.thresholds, after - cost, after, line.limit):
+                if await self.budgets.first_crossing(key, threshold):
+                    assert self.alerts is not None
+                    self.alerts.offer(alert_payload(line, key.rpartition(":")[2], threshold, after, self.wall()))
+
+    async def _hold(self, scope: Scope, state: RequestState) -> tuple[list[Line], list[str], str, bool] | None:
         """Reserve the request's worst case: (the keys held, the reservation, whether it fell back to a cheaper
         model), or None when no budget applies. Raises BudgetExceeded when over one."""
         client = get_client(scope)
@@ -93,7 +113,7 @@ class BudgetMiddleware:
             reservation = secrets.token_hex(8)
             held = await self.budgets.reserve(lines, amount, reservation, self.wall())
             if not isinstance(held, Refusal):
-                return held, reservation, fallback
+                return lines, held, reservation, fallback
             cheaper = config.on_budget if config is not None else "reject"
             if cheaper == "reject" or fallback or cheaper == model:
                 raise BudgetExceeded(held.message, retry_after=held.retry_after)

@@ -65,6 +65,7 @@ class Metrics:
         ))  # fmt: skip
         self.tokens = Children(Counter("megagate_tokens", "Tokens used", ["model", "client", "kind"], registry=r))
         self.cost = Children(Counter("megagate_cost_usd", "USD spent, by [prices]", ["model", "client"], registry=r))
+        self.alerts = Children(Counter("megagate_budget_alerts", "Budget alerts by result", ["result"], registry=r))
         self.ledger_dropped = Counter(
             "megagate_ledger_dropped_rows", "Usage rows dropped because the ledger's queue was full", registry=r
         )

@@ -31,7 +31,7 @@ from megagate.core.secrets import key_id
 
 _encoder = msgspec.json.Encoder()
 # What a reload cannot change in a running process (the Redis client and the transport are opened once).
-NEEDS_RESTART = ("pool", "transport", "usage")
+NEEDS_RESTART = ("pool", "transport", "usage", "alerts")
 
 
 class Reloadable(Protocol):

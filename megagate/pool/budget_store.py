@@ -51,7 +51,7 @@ end
 return {0, ''}
 """
 SETTLE = """
-local id, cost = ARGV[1], tonumber(ARGV[2])
+local id, cost, spent = ARGV[1], tonumber(ARGV[2]), {}
 for i = 1, #KEYS, 2 do
   local h, e = KEYS[i], KEYS[i + 1]
   local held = redis.call('HGET', h, 'r:' .. id)
@@ -60,21 +60,31 @@ for i = 1, #KEYS, 2 do
     redis.call('HDEL', h, 'r:' .. id)
     redis.call('ZREM', e, id)
   end
-  redis.call('HINCRBYFLOAT', h, 'spent', cost)  -- what was spent counts, even past a lapsed reservation
+  spent[#spent + 1] = redis.call('HINCRBYFLOAT', h, 'spent', cost)  -- counted even past a lapsed reservation
 end
-return 1
+return spent
 """
 
 
 class LocalBudgets:
     def __init__(self, book: BudgetBook | None = None) -> None:
         self.book = book or BudgetBook()
+        self._crossed: set[tuple[str, float]] = set()
 
     async def reserve(self, lines: Sequence[Line], amount: float, reservation: str, now: float) -> Refusal | list[str]:
         return self.book.reserve(lines, amount, reservation, now)
 
-    async def settle(self, keys: Sequence[str], reservation: str, cost: float) -> None:
+    async def settle(self, keys: Sequence[str], reservation: str, cost: float) -> list[float]:
+        """Settle, and say what each budget has spent since (for the alerts)."""
         self.book.settle(keys, reservation, cost)
+        return [self.book.spent(key) for key in keys]
+
+    async def first_crossing(self, key: str, threshold: float) -> bool:
+        """Whether this is the first time `key` is told past `threshold` (one alert per threshold and period)."""
+        if (key, threshold) in self._crossed:
+            return False
+        self._crossed.add((key, threshold))
+        return True
 
 
 class RedisBudgets:
@@ -114,14 +124,27 @@ class RedisBudgets:
             return Refusal(line, float(spent), resets_in(line.period, now))
         return keys
 
-    async def settle(self, keys: Sequence[str], reservation: str, cost: float) -> None:
+    async def settle(self, keys: Sequence[str], reservation: str, cost: float) -> list[float]:
         if keys and keys[0].startswith("local:"):
-            await self.local.settle([k.removeprefix("local:") for k in keys], reservation, cost)
-            return
+            return await self.local.settle([k.removeprefix("local:") for k in keys], reservation, cost)
         try:
-            await self._settle(keys=[k for key in keys for k in self._keys(key)], args=[reservation, cost])
+            spent = await self._settle(keys=[k for key in keys for k in self._keys(key)], args=[reservation, cost])
         except RedisError as exc:
             logger.warning("budgets: a settlement did not reach Redis (%s); its reservation lapses", exc)
+            return []
+        return [float(value) for value in spent]
+
+    async def first_crossing(self, key: str, threshold: float) -> bool:
+        """Once across every worker and replica: the first to claim the alert sends it."""
+        if key.startswith("local:"):
+            return await self.local.first_crossing(key, threshold)
+        period = "monthly" if len(key.rpartition(":")[2]) == 7 else "daily"
+        try:
+            claimed = await self.client.execute("SET", f"{self.prefix}:alert:{key}:{threshold:g}", "1", "NX", "PX",
+                                                KEEP_MS[period])  # fmt: skip
+        except RedisError:
+            return False  # not sure it is the first: another worker may have sent it
+        return claimed is not None
 
     async def _unavailable(
         self, exc: RedisError, lines: Sequence[Line], amount: float, reservation: str, now: float
