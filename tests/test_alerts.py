@@ -11,6 +11,7 @@ import msgspec
 import pytest
 
 from tests.conftest import RedisServer
+from tests.http_wire import RequestReader
 from tests.inprocess import call
 from tests.test_budgets import ASK, HEADERS, gateway_of, settings
 
@@ -27,19 +28,9 @@ class Receiver:
 
     async def handle(self, stream: anyio.abc.SocketStream) -> None:
         async with stream:
-            buffer = b""
-            while True:
-                while b"\r\n\r\n" not in buffer:
-                    try:
-                        buffer += await stream.receive()
-                    except (anyio.EndOfStream, anyio.BrokenResourceError):
-                        return
-                head, _, buffer = buffer.partition(b"\r\n\r\n")
-                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                                  if line.lower().startswith(b"content-length:")))  # fmt: skip
-                while len(buffer) < length:
-                    buffer += await stream.receive()
-                body, buffer = buffer[:length], buffer[length:]
+            reader = RequestReader(stream)
+            while (request := await reader.next()) is not None:
+                body = request[1]
                 if self.failures:
                     self.failures -= 1
                     await stream.send(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n")

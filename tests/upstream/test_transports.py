@@ -17,6 +17,7 @@ from megagate.serve import free_port
 from megagate.upstream import Origin, Timeouts, Transport
 from megagate.upstream.fast_transport import FastTransport
 from megagate.upstream.httpcore_transport import HttpcoreTransport
+from tests.http_wire import RequestReader
 
 pytestmark = pytest.mark.anyio
 BODY = b'{"hello": "world"}'
@@ -38,21 +39,10 @@ class RawServer:
 
     async def handle(self, stream: anyio.abc.ByteStream) -> None:
         self.connections += 1
-        buffer = b""
         async with stream:
-            while True:
-                while b"\r\n\r\n" not in buffer:
-                    try:
-                        buffer += await stream.receive()
-                    except (anyio.EndOfStream, anyio.BrokenResourceError):
-                        return
-                head, _, buffer = buffer.partition(b"\r\n\r\n")
-                length = next(
-                    (int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")), 0
-                )
-                while len(buffer) < length:
-                    buffer += await stream.receive()
-                buffer = buffer[length:]
+            reader = RequestReader(stream)
+            while (request := await reader.next()) is not None:
+                head = request[0]
                 self.requests.append(head)
                 response, after = self.steps.pop(0) if self.steps else (OK, "keep")
                 if after == "hang":
