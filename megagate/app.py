@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import signal
@@ -21,7 +22,8 @@ from megagate.asgi import ASGIApp, Clock, Receive, Scope, Send
 from megagate.assembly import Resources, assemble, build_transport
 from megagate.config import Config, config_file, load_config, prometheus_multiprocess
 from megagate.core.budget import seed_from_rows
-from megagate.core.errors import ConfigError, RedisError
+from megagate.core.errors import ConfigError, MegagateError, RedisError
+from megagate.core.pricing import UpstreamPrices
 from megagate.ledger import Store
 from megagate.ledger.sqlite import SQLiteStore
 from megagate.ledger.writer import LedgerWriter
@@ -78,6 +80,7 @@ class Gateway:
         self.ledger = _ledger(config, self.metrics)  # started by running(); a reload keeps it
         self.budgets = self._budgets()  # the book of spend and reservations; a reload keeps it
         self.alerts = self._alerts()  # budget alerts, posted by a task of running()
+        self.upstream_prices = UpstreamPrices()  # learnt from the model lists by `_learn_prices`; reloads keep it
         self.directory: ClientDirectory | None = None
         self.app = self._assemble()
 
@@ -91,7 +94,8 @@ class Gateway:
         assert self.directory is not None  # made by _assemble before it asks
         tracer = self.tracing[1] if self.tracing is not None else None
         return Resources(self.transport, self.metrics, self.pools, self.directory, self.clock, self,
-                         self.client_windows, tracer, self.ledger, self.budgets, self.alerts)  # fmt: skip
+                         self.client_windows, tracer, self.ledger, self.budgets, self.alerts,
+                         self.upstream_prices)  # fmt: skip
 
     async def reload(self) -> tuple[bool, str]:
         """Load the configuration again and swap it in between requests (see `megagate.reload`); (ok, what
@@ -203,6 +207,8 @@ class Gateway:
                 group.start_soon(self._maintain_pools)
             if self.alerts is not None:
                 group.start_soon(self.alerts.run)
+            if self.config.upstream_prices:
+                group.start_soon(self._learn_prices)
             if own_process and hasattr(signal, "SIGHUP"):
                 group.start_soon(self._reload_on_sighup)
             if own_process and (parent := serving_parent()) is not None:
@@ -215,6 +221,16 @@ class Gateway:
                 yield self
             finally:
                 group.cancel_scope.cancel()
+
+    async def _learn_prices(self) -> None:
+        """Ask the upstreams' model lists now and every `models_cache_ttl` (at least a minute): the prices they
+        give price the models `[prices]` does not name. A failed list is logged by the refresh; this goes on."""
+        while True:
+            refresh = self.upstream_prices.refresh
+            if refresh is not None:
+                with contextlib.suppress(MegagateError):  # said by the model list's refresh; the next round tries
+                    await refresh()
+            await anyio.sleep(max(60.0, self.config.models_cache_ttl))
 
     async def _close_ledger(self) -> None:
         assert self.ledger is not None

@@ -22,7 +22,7 @@ from starlette.routing import Route, Router
 from megagate.asgi import ASGIApp, Clock, Receive, Scope, Send, send_error, send_json
 from megagate.config import Config
 from megagate.core.errors import InvalidRequest, NotFound
-from megagate.core.pricing import PriceTable
+from megagate.core.pricing import PriceTable, UpstreamPrices
 from megagate.endpoints.count_tokens import CountTokensApp
 from megagate.endpoints.models import ModelsApp
 from megagate.endpoints.proxy import UpstreamProxy
@@ -64,6 +64,7 @@ class Resources:
     ledger: Recorder | None = None  # the usage ledger's writer ([usage] store = "off": None)
     budgets: Budgets | None = None  # where budget spend and reservations live (this process, or Redis)
     alerts: Alerts | None = None  # where budget threshold crossings go ([alerts] webhook)
+    upstream_prices: UpstreamPrices | None = None  # what the upstreams' model lists say models cost
 
 
 def assemble(config: Config, resources: Resources) -> ASGIApp:
@@ -126,10 +127,13 @@ async def not_found(scope: Scope, receive: Receive, send: Send) -> None:
 def build_router(config: Config, res: Resources) -> Router:
     """The routes: each client endpoint (`routing.ENDPOINTS`) to the app serving its operation, then the model list
     and the operator routes."""
-    proxy = UpstreamProxy(config=config, transport=res.transport)
+    proxy = UpstreamProxy(config=config, transport=res.transport, upstream_prices=res.upstream_prices)
     count_tokens = CountTokensApp(proxy)
     serving: dict[str, ASGIApp] = {"chat": proxy, "embeddings": proxy, "count_tokens": count_tokens}
-    models = ModelsApp(config=config, transport=res.transport, pools=res.pools, clock=res.clock)
+    models = ModelsApp(config=config, transport=res.transport, pools=res.pools, clock=res.clock,
+                       prices=res.upstream_prices)  # fmt: skip
+    if res.upstream_prices is not None:
+        res.upstream_prices.refresh = models.models  # the lifecycle refreshes the lists (and so the prices)
     routes = [Route(path, AllowMethods(("POST",), serving[e.operation])) for path, e in ENDPOINTS.items()]
     routes += [
         Route("/v1/models", AllowMethods(("GET",), models)),
@@ -174,7 +178,8 @@ def build_stack(config: Config, res: Resources) -> list[tuple[Any, dict[str, Any
                      "shared": res.client_windows}  # fmt: skip
     budgets: dict[str, Any] = {}
     if res.budgets is not None and (config.budgets or any(c.budget for c in config.clients)):
-        budgets = {"budgets": res.budgets, "prices": PriceTable(config.prices), "model_budgets": config.budgets,
+        budgets = {"budgets": res.budgets, "prices": PriceTable(config.prices, res.upstream_prices),
+                   "model_budgets": config.budgets,
                    "default_max_tokens": config.rotation.default_max_tokens, "alerts": res.alerts,
                    "thresholds": config.alerts.thresholds}  # fmt: skip
     tracing: list[tuple[Any, dict[str, Any]]] = []

@@ -219,6 +219,10 @@ class Config(_Config, frozen=True):
     usage: UsageSettings = UsageSettings()
     alerts: AlertSettings = AlertSettings()
     prices: dict[str, Price] = {}  # model glob -> USD per million tokens; the first match wins (core/pricing.py)
+    # ask the upstreams' model lists at start-up and every models_cache_ttl for the prices [prices] does not name
+    # (MegaLLM lists `pricing` per model; each ask spends a request of one key). Off: learnt when /v1/models is
+    # served anyway.
+    upstream_prices: bool = False
     budgets: dict[str, Budget] = {}  # model glob -> USD per UTC day / month across all clients; the first match
     watch: bool = False  # reload when the file (MEGAGATE_CONFIG) changes, as on SIGHUP; each worker watches it
 

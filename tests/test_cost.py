@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import Any
 
+import anyio
 import msgspec
 import pytest
 
@@ -81,3 +83,32 @@ async def test_every_stream_is_counted_and_the_client_sees_usage_only_when_it_as
     assert answer.body.endswith(b"data: [DONE]\n\n") and b'"content":"hi"' in answer.body
     line = [msgspec.json.decode(r.getMessage()) for r in access.records if r.name == "megagate.access"][-1]
     assert (line["prompt_tokens"], line["completion_tokens"]) == (7, 1) and line["cost_usd"] > 0
+
+
+async def test_a_model_without_a_configured_price_takes_the_upstream_lists() -> None:
+    """MegaLLM's model list gives `pricing` per model: with `upstream_prices = true` the gateway asks for it at
+    start-up; `[prices]` still wins where it names a model, and another currency is not converted."""
+
+    def pricing(given: float, produced: float, currency: str) -> dict[str, Any]:
+        return {"input_tokens_cost_per_million": given, "output_tokens_cost_per_million": produced,
+                "currency": currency}  # fmt: skip
+
+    listed = msgspec.json.encode({"object": "list", "data": [
+        {"id": "gpt-4", "object": "model", "pricing": pricing(2.0, 8.0, "USD")},
+        {"id": "gpt-4o", "object": "model", "pricing": pricing(9.0, 9.0, "EUR")}]})  # fmt: skip
+
+    def answer(request: Any) -> MockResponse:
+        return MockResponse(body=[listed]) if request.target.endswith(b"/models") else MockResponse(body=[CACHED])
+
+    app, _ = gateway(answer, upstream_prices=True)
+    async with app.running():
+        for _ in range(100):  # the first list is asked for as the gateway starts
+            if app.upstream_prices.prices:
+                break
+            await anyio.sleep(0.01)
+        priced = await call(app)
+        other = await call(app, body={**CHAT, "model": "gpt-4o"})
+    assert float(priced.header(b"x-megagate-cost-usd") or 0) == pytest.approx((1100 * 2.0 + 10 * 8.0) / 1e6)
+    assert other.header(b"x-megagate-cost-usd") is None  # EUR: unpriced, not guessed
+    models = msgspec.json.decode((await call(app, "/v1/models", method="GET")).body)["data"]
+    assert next(m for m in models if m["id"] == "gpt-4")["pricing"]["currency"] == "USD"  # passed on to clients

@@ -8,7 +8,7 @@ unless their own is given.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import msgspec
 
@@ -36,23 +36,43 @@ class Price(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return (input_tokens * dearest + output_tokens * self.output) / PER
 
 
+class UpstreamPrices:
+    """Prices the upstreams' model lists gave (MegaLLM's `pricing`, in USD), for models `[prices]` does not name;
+    written by the model-list refresh (endpoints/models.py), read by every PriceTable."""
+
+    def __init__(self) -> None:
+        self.prices: dict[str, Price] = {}
+        self.refresh: Callable[[], Awaitable[object]] | None = None  # the model lists' refresh (set by assembly)
+
+    def learn(self, model: str, input_per_million: float | None, output_per_million: float | None,
+              currency: str | None) -> None:  # fmt: skip
+        if input_per_million is None or output_per_million is None or (currency or "USD").upper() != "USD":
+            return  # another currency is not converted: the model stays unpriced unless [prices] names it
+        self.prices[model] = Price(input=input_per_million, output=output_per_million)
+
+
 class PriceTable:
-    """Prices by model glob, in the order configured; lookups remembered (bounded)."""
+    """Prices by model glob, in the order configured, then what the upstream's model list said; configured
+    lookups remembered (bounded)."""
 
     LIMIT = 4096
 
-    def __init__(self, prices: Mapping[str, Price]) -> None:
+    def __init__(self, prices: Mapping[str, Price], upstream: UpstreamPrices | None = None) -> None:
         self.prices = list(prices.items())
+        self.upstream = upstream
         self._known: dict[str, Price | None] = {}
 
     def price(self, model: str | None) -> Price | None:
         if model is None:
             return None
         if model in self._known:
-            return self._known[model]
-        found = next((price for pattern, price in self.prices if fnmatch.fnmatchcase(model, pattern)), None)
-        if len(self._known) < self.LIMIT:
-            self._known[model] = found
+            found = self._known[model]
+        else:
+            found = next((price for pattern, price in self.prices if fnmatch.fnmatchcase(model, pattern)), None)
+            if len(self._known) < self.LIMIT:
+                self._known[model] = found
+        if found is None and self.upstream is not None:
+            return self.upstream.prices.get(model)
         return found
 
     def cost(self, model: str | None, usage: Usage | None) -> float | None:

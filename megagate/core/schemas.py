@@ -73,11 +73,20 @@ class ChatCompletionChunk(msgspec.Struct):
     system_fingerprint: str | None = None
 
 
+class ModelPricing(msgspec.Struct):
+    """What MegaLLM's model list says a model costs (its docs: per million tokens, with a currency)."""
+
+    input_tokens_cost_per_million: float | None = None
+    output_tokens_cost_per_million: float | None = None
+    currency: str | None = None
+
+
 class Model(msgspec.Struct):
     id: str
     created: int = 0
     owned_by: str = "megallm"
     object: str = "model"
+    pricing: ModelPricing | msgspec.UnsetType = msgspec.UNSET  # passed on when the upstream lists one
 
 
 class ModelList(msgspec.Struct):

@@ -14,7 +14,8 @@ from megagate.asgi import Receive, Scope, Send, header, send_json
 from megagate.config import Config, UpstreamConfig
 from megagate.core.errors import Format, MegagateError, NoKeyAvailable, NotFound, UpstreamError
 from megagate.core.outcome import Outcome, classify
-from megagate.core.schemas import Model, ModelList, model_list_decoder
+from megagate.core.pricing import UpstreamPrices
+from megagate.core.schemas import Model, ModelList, ModelPricing, model_list_decoder
 from megagate.pool import KeyPool
 from megagate.routing import ENDPOINTS, auth_headers, choose
 from megagate.state import route_of
@@ -47,9 +48,16 @@ class ModelsApp:
     """Serves the merged model list. A failed refresh keeps serving the last good list."""
 
     def __init__(
-        self, *, config: Config, transport: Transport, pools: Mapping[str, KeyPool], clock: Callable[[], float]
+        self,
+        *,
+        config: Config,
+        transport: Transport,
+        pools: Mapping[str, KeyPool],
+        clock: Callable[[], float],
+        prices: UpstreamPrices | None = None,
     ) -> None:
         self.config = config
+        self.prices = prices  # what the lists say models cost, for models [prices] does not name
         self.pools = pools
         self.transport = transport
         self.clock = clock
@@ -97,6 +105,10 @@ class ModelsApp:
                 target = choose(self.config, model.id, ENDPOINTS["/v1/chat/completions"])
                 if model.id not in merged and target is not None and target.upstream is upstream:
                     merged[model.id] = model
+                    if self.prices is not None and isinstance(model.pricing, ModelPricing):
+                        given = model.pricing
+                        self.prices.learn(model.id, given.input_tokens_cost_per_million,
+                                          given.output_tokens_cost_per_million, given.currency)  # fmt: skip
         if failure is not None and not merged and self._models is not None:
             self._expires_at = self.clock() + min(self.config.models_cache_ttl, 10.0)  # retry soon, serve stale
             return

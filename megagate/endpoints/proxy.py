@@ -21,7 +21,7 @@ from megagate.core.errors import (
     NotFound,
     UpstreamStatus,
 )
-from megagate.core.pricing import PriceTable
+from megagate.core.pricing import PriceTable, UpstreamPrices
 from megagate.core.stream_relay import usage_of
 from megagate.endpoints.relay import SSE_HEADERS, Plan, Relay, make_plan, stream_for, told_headers, translate_plain
 from megagate.routing import Endpoint, Target, auth_headers
@@ -50,13 +50,14 @@ class UpstreamProxy:
         transport: Transport,
         route: Callable[[str, Endpoint], Target | None] | None = None,
         wall_clock: Callable[[], float] = time.time,
+        upstream_prices: UpstreamPrices | None = None,
     ) -> None:
         self.config = config
         self.transport = transport
         self.route = route
         self.wall_clock = wall_clock
         self._origins = {u.name: (Origin.from_url(u.origin_url), base_path_of(u.origin_url)) for u in config.upstreams}
-        self.prices = PriceTable(config.prices)
+        self.prices = PriceTable(config.prices, upstream_prices)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = get_state(scope)

@@ -30,6 +30,7 @@ from megagate.core.schemas import (
     Message,
     Model,
     ModelList,
+    ModelPricing,
     ToolCall,
 )
 from megagate.core.usage import ChatUsage, CompletionTokensDetails, PromptTokensDetails
@@ -79,6 +80,9 @@ MODELS = (
     "gemini-2.5-pro",
     "llama3.3-70b-instruct",
 )
+# USD per million tokens, as MegaLLM's model list gives `pricing` (the last model lists none)
+PRICING = {"openai-gpt-oss-120b": (0.15, 0.6), "gpt-4": (30.0, 60.0), "gpt-5": (1.25, 10.0),
+           "claude-opus-4-1-20250805": (15.0, 75.0), "gemini-2.5-pro": (1.25, 10.0)}  # fmt: skip
 
 MAX_BODY = 64 * 1024 * 1024
 ANSWERED = frozenset(
@@ -174,7 +178,7 @@ class FakeUpstream:
         record = Recorded(path, key, headers, payload, time.monotonic(), client[1] if client else None)
         self.requests.append(record)
         if method == "GET" and path == "/v1/models":
-            await _send_json(send, 200, _encoder.encode(ModelList([Model(id=m) for m in MODELS])))
+            await _send_json(send, 200, _encoder.encode(ModelList([_listed(m) for m in MODELS])))
             return
         if method != "POST" or path not in ANSWERED or not isinstance(payload, dict):
             await _send_error(send, 404, f"fake upstream: no route {method} {path}")
@@ -330,6 +334,13 @@ def answer_words(length: int | None) -> list[str]:
     """The fake's answer as stream deltas: `length` words, each with its following space."""
     count = len(WORDS) if length is None else length
     return [WORDS[i % len(WORDS)] + ("" if i == count - 1 else " ") for i in range(count)]
+
+
+def _listed(model: str) -> Model:
+    if model not in PRICING:
+        return Model(id=model)
+    given, produced = PRICING[model]
+    return Model(id=model, pricing=ModelPricing(given, produced, "USD"))
 
 
 def _overlay(fault: Fault, given: Fault) -> Fault:
