@@ -14,6 +14,7 @@ Request path (outermost first)::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ from starlette.routing import Route, Router
 
 from megagate.asgi import ASGIApp, Clock, Receive, Scope, Send, send_error, send_json
 from megagate.config import Config
+from megagate.core.budget import Line
 from megagate.core.errors import InvalidRequest, NotFound
 from megagate.core.pricing import PriceTable, UpstreamPrices
 from megagate.endpoints.count_tokens import CountTokensApp
@@ -159,6 +161,13 @@ def build_router(config: Config, res: Resources) -> Router:
     return Router(routes=routes, default=AllowMethods(everything, not_found))
 
 
+def _budget_remaining(metrics: Metrics) -> Callable[[Line, float], None]:
+    def observe(line: Line, spent: float) -> None:
+        metrics.budget_remaining(line.scope, line.period).set(max(0.0, line.limit - spent))
+
+    return observe
+
+
 def build_stack(config: Config, res: Resources) -> list[tuple[Any, dict[str, Any]]]:
     """The middlewares, outermost first. Metrics and the access log outermost (they see the final status and every
     attempt), then the error renderer, authentication before any body is read, defaults (the body read once, the
@@ -181,7 +190,7 @@ def build_stack(config: Config, res: Resources) -> list[tuple[Any, dict[str, Any
         budgets = {"budgets": res.budgets, "prices": PriceTable(config.prices, res.upstream_prices),
                    "model_budgets": config.budgets,
                    "default_max_tokens": config.rotation.default_max_tokens, "alerts": res.alerts,
-                   "thresholds": config.alerts.thresholds}  # fmt: skip
+                   "thresholds": config.alerts.thresholds, "on_spent": _budget_remaining(res.metrics)}  # fmt: skip
     tracing: list[tuple[Any, dict[str, Any]]] = []
     if res.tracer is not None:  # an optional dependency, imported only when configured
         from megagate.middleware.tracing import TracingMiddleware

@@ -60,6 +60,8 @@ async def test_over_budget_is_a_429_in_the_routes_envelope_with_the_reset() -> N
     assert 0 < int(refused.header(b"retry-after") or 0) <= 86400
     anthropic = await call(app, "/v1/messages", body=ASK, headers=HEADERS)
     assert anthropic.status == 429 and msgspec.json.decode(anthropic.body)["type"] == "error"  # Anthropic's envelope
+    scrape = (await call(app, "/metrics", method="GET")).body.decode()
+    assert 'megagate_budget_remaining_usd{budget="client:team-a",period="daily"} 0.00979' in scrape
 
 
 async def test_on_budget_serves_the_cheaper_model_and_says_so() -> None:

@@ -53,11 +53,13 @@ class BudgetMiddleware:
         default_max_tokens: int = 1024,
         alerts: Alerts | None = None,
         thresholds: Sequence[float] = (),
+        on_spent: Callable[[Line, float], None] = lambda line, spent: None,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.app = app
         self.alerts = alerts  # where threshold crossings go ([alerts] webhook), None: nowhere
         self.thresholds = sorted(thresholds)
+        self.on_spent = on_spent  # each budget's spend after a settlement (the metrics' budget remaining)
         self.budgets = budgets
         self.prices = prices
         self.model_budgets = list((model_budgets or {}).items())
@@ -85,6 +87,8 @@ class BudgetMiddleware:
             with anyio.CancelScope(shield=True):  # settled however the request ended
                 cost = state.cost or 0.0
                 spent = await self.budgets.settle(keys, reservation, cost)
+                for line, after in zip(lines, spent, strict=False):
+                    self.on_spent(line, after)
                 if self.alerts is not None and cost > 0:
                     await self._alert(lines, keys, spent, cost)
 

@@ -99,6 +99,10 @@ class Metrics:
         self.key_state = Children(Gauge(
             "megagate_key_state", "1 for each upstream key's current state", ["upstream", "key_id", "state"], registry=r
         ))  # fmt: skip
+        self.budget_remaining = Children(Gauge(
+            "megagate_budget_remaining_usd", "What a budget has left in its current period, as of its last request",
+            ["budget", "period"], registry=r, multiprocess_mode="mostrecent",
+        ))  # fmt: skip
 
     def model_label(self, model: str | None) -> str:
         if not model:
