@@ -43,6 +43,7 @@ from megagate.ops.admin import AdminGuard, KeysApp
 from megagate.ops.prometheus import Metrics, MetricsApp
 from megagate.ops.reload import Reloadable, ReloadApp
 from megagate.ops.status_page import StatusPage
+from megagate.ops.usage_page import UsagePage
 from megagate.ops.usage_report import UsageApp
 from megagate.pool import KeyPool
 from megagate.routing import ENDPOINTS, Routes
@@ -155,6 +156,7 @@ def build_router(config: Config, res: Resources) -> Router:
             routes.append(Route("/admin/reload", AllowMethods(("POST",), reload)))
         page = StatusPage(config=config, pools=res.pools, metrics=res.metrics, clients=res.directory)
         routes.append(Route("/admin", AllowMethods(("GET",), page)))
+        routes.append(Route("/admin/spending", AllowMethods(("GET",), UsagePage(config))))
         routes.append(Route("/admin/login", AllowMethods(("POST",), page)))
     routes.append(Route("/metrics", AllowMethods(("GET",), metrics_app)))
     everything = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")

@@ -3,44 +3,24 @@
 Per upstream and key: id and mask, state (ok, cooling, disabled), in flight against the limit, rpm and tpm use
 against the limits, requests and failed attempts, last error; per client its limits and use; the fallback chains
 and how often each was taken; megagate's version and the configuration's fingerprint. Never a secret: keys appear
-as id and mask, errors were scrubbed when recorded. The admin token is asked for once in a form; the browser then
-holds an HttpOnly cookie with a digest of it (never the token), compared in constant time.
+as id and mask, errors were scrubbed when recorded. Signing in and the page frame: `ops/html.py`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import html
 import time
 from typing import Any
-from urllib.parse import parse_qs
 
 from megagate import __version__
-from megagate.asgi import Clock, Receive, Scope, Send, header, read_body
+from megagate.asgi import Clock, Receive, Scope, Send
 from megagate.config import Config
+from megagate.ops.html import admin_digest, login_form, page, send_html, sign_in, signed_in, table
 from megagate.ops.prometheus import Metrics
 from megagate.pool import KeyPool, KeyReport
 
-COOKIE = b"megagate_admin"
 REFRESH_SECONDS = 5
-STYLE = """body{font:14px system-ui,sans-serif;margin:1rem;color:#222}h1{font-size:1.2rem}
-h2{font-size:1rem;margin-top:1.5rem}.scroll{overflow-x:auto}table{border-collapse:collapse;min-width:100%}
-td,th{padding:.3rem .5rem;border-bottom:1px solid #ddd;text-align:left;white-space:nowrap}.ok{color:#080}
-.cooling{color:#b60}.disabled{color:#c00}small{color:#666}"""
-
-
-def _digest(token: str) -> str:
-    return hashlib.sha256(b"megagate-admin:" + token.encode()).hexdigest()
-
-
-def _cookie(scope: Scope) -> str | None:
-    raw = header(scope, b"cookie") or b""
-    for part in raw.split(b";"):
-        name, _, value = part.strip().partition(b"=")
-        if name == COOKIE:
-            return value.decode("latin-1")
-    return None
 
 
 class StatusPage:
@@ -60,47 +40,35 @@ class StatusPage:
         self.pools = pools
         self.metrics = metrics
         self.clients = clients  # auth.ClientDirectory, for the clients' local windows
-        self.digest = _digest(config.admin_token)
+        self.digest = admin_digest(config.admin_token)
         self.clock = clock
         self.fingerprint = hashlib.sha256(repr(config).encode()).hexdigest()[:12]  # names the config, reveals nothing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] == "POST":
-            await self._login(scope, receive, send)
+            await sign_in(scope, receive, send, self.digest, "/admin")
             return
-        cookie = _cookie(scope)
-        if cookie is None or not hmac.compare_digest(cookie, self.digest):
-            await _html(send, 401, _page("megagate: sign in", _form(scope)))
+        if not signed_in(scope, self.digest):
+            await send_html(send, 401, page("megagate: sign in", login_form(scope)))
             return
-        await _html(send, 200, _page("megagate status", await self._body(), refresh=True))
-
-    async def _login(self, scope: Scope, receive: Receive, send: Send) -> None:
-        form = parse_qs((await read_body(receive, 4096)).decode("utf-8", "replace"))
-        token = (form.get("token") or [""])[0]
-        if not hmac.compare_digest(_digest(token), self.digest):
-            await _html(send, 401, _page("megagate: sign in", "<p>Wrong token.</p>" + _form(scope)))
-            return
-        cookie = COOKIE + b"=" + self.digest.encode() + b"; Path=/; HttpOnly; SameSite=Strict"
-        page = (scope.get("root_path", "") + "/admin").encode()
-        await send({"type": "http.response.start", "status": 303,
-                    "headers": [(b"location", page), (b"set-cookie", cookie), (b"content-length", b"0")]})  # fmt: skip
-        await send({"type": "http.response.body", "body": b""})
+        await send_html(send, 200, page("megagate status", await self._body(), refresh=REFRESH_SECONDS))
 
     async def _body(self) -> str:
         failed = self._failed_attempts()
         parts = [f"<p><small>megagate {__version__} · configuration {self.fingerprint} · "
                  f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(self.clock()))} UTC · "
-                 f"refreshes every {REFRESH_SECONDS} s</small></p>"]  # fmt: skip
+                 f"refreshes every {REFRESH_SECONDS} s · "
+                 '<a href="admin/spending">spending</a></small></p>']  # fmt: skip
         for name, pool in self.pools.items():
             rows = [_key_row(report, failed.get(report.id, 0)) for report in await pool.report()]
-            parts.append(f"<h2>upstream {html.escape(name)}</h2>" + _table(
+            parts.append(f"<h2>upstream {html.escape(name)}</h2>" + table(
                 ["key", "state", "in flight", "requests / min", "tokens / min", "failed attempts", "last error"], rows
             ))  # fmt: skip
-        clients = _table(["client", "limits", "requests / min", "tokens / min"], self._client_rows())
+        clients = table(["client", "limits", "requests / min", "tokens / min"], self._client_rows())
         parts.append("<h2>clients</h2>" + (clients or "<p>none: the gateway is open</p>"))
         chains = [[html.escape(model), html.escape(" → ".join(chain)), str(self._fallbacks_from(model))]
                   for model, chain in self.config.fallbacks.items()]  # fmt: skip
-        parts.append("<h2>fallbacks</h2>" + (_table(["model", "chain", "taken"], chains) or "<p>none configured</p>"))
+        parts.append("<h2>fallbacks</h2>" + (table(["model", "chain", "taken"], chains) or "<p>none configured</p>"))
         return "".join(parts)
 
     def _failed_attempts(self) -> dict[str, int]:
@@ -149,31 +117,3 @@ def _key_row(report: KeyReport, failed: int) -> list[str]:
         of(report.in_flight, report.max_concurrency), of(report.requests_last_minute, report.rpm),
         of(report.tokens_last_minute, report.tpm), str(failed), html.escape(report.last_error or ""),
     ]  # fmt: skip
-
-
-def _table(headings: list[str], rows: list[list[str]]) -> str:
-    if not rows:
-        return ""
-    head = "".join(f"<th>{h}</th>" for h in headings)
-    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
-    return f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>'
-
-
-def _form(scope: Scope) -> str:
-    action = html.escape(scope.get("root_path", "") + "/admin/login")
-    return (f'<form method="post" action="{action}"><label>Admin token <input name="token" type="password" '
-            'autocomplete="current-password" required></label> <button>Sign in</button></form>')  # fmt: skip
-
-
-def _page(title: str, body: str, *, refresh: bool = False) -> bytes:
-    meta = f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">' if refresh else ""
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
-            f'content="width=device-width, initial-scale=1">{meta}<title>{title}</title><style>{STYLE}</style></head>'
-            f"<body><h1>{title}</h1>{body}</body></html>").encode()  # fmt: skip
-
-
-async def _html(send: Send, status: int, body: bytes) -> None:
-    headers = [(b"content-type", b"text/html; charset=utf-8"), (b"content-length", str(len(body)).encode()),
-               (b"cache-control", b"no-store")]  # fmt: skip
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

@@ -5,6 +5,7 @@ page or its source. The screenshot is kept in the test's temporary folder."""
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import openai
@@ -50,5 +51,40 @@ def test_the_status_page_shows_a_cooling_key_and_no_secret(
         for secret in [*KEYS, ADMIN, "client-key-status-0001"]:
             assert secret not in source
         assert (tmp_path / "status-page.png").stat().st_size > 1000
+    finally:
+        gateway.stop()
+
+
+def test_the_spending_page_charts_the_days_and_flags_unpriced_and_budgets(
+    fake_upstream: Process, fake: FakeControl, tmp_path: Path
+) -> None:
+    from playwright.sync_api import sync_playwright
+
+    if CHROMIUM is None:
+        pytest.fail("Debian's chromium is not installed (apt-get install chromium; .ci/run installs it)")
+    extra = (f'admin_token = "{ADMIN}"\n[prices]\n"gpt-*" = {{ input = 30.0, output = 60.0 }}\n'
+             '[[clients]]\nname = "ci-bot"\nkey = "client-key-spending-0001"\nbudget = { daily = 1.0 }\n')  # fmt: skip
+    gateway = start_gateway(tmp_path, gateway_toml(fake_upstream.url, KEYS, extra))
+    try:
+        client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="client-key-spending-0001", max_retries=0)
+        for model in ("gpt-4", "gpt-4", "llama3.3-70b-instruct"):  # the last has no price
+            client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+        time.sleep(1.0)  # the ledger's writer ticks every half second
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            page = browser.new_page(viewport={"width": 390, "height": 844})  # a phone
+            page.goto(gateway.url + "/admin/spending")
+            page.fill("input[name=token]", ADMIN)
+            page.click("button")  # signs in and lands on the status page, which links here
+            page.click("a[href='admin/spending']")
+            page.wait_for_selector("svg rect", state="attached")
+            text, source = page.inner_text("body"), page.content()
+            bars = page.locator("svg rect").count()
+            page.screenshot(path=str(tmp_path / "spending-page.png"), full_page=True)
+            browser.close()
+        assert bars == 30 and "spend per day" in text
+        assert "ci-bot" in text and "gpt-4" in text and "1 unpriced" in text and "daily" in text and "$1" in text
+        for secret in [*KEYS, ADMIN, "client-key-spending-0001"]:
+            assert secret not in source
     finally:
         gateway.stop()
