@@ -119,3 +119,43 @@ async def test_a_killed_gateway_frees_its_slot_within_the_lease_ttl(
     finally:
         a.stop()
         b.stop()
+
+
+async def test_a_budget_holds_across_two_workers_and_a_replica(
+    fake_upstream: Process, fake: FakeControl, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """50 concurrent requests from one client, spread over a 2-worker gateway and a replica on one Redis, against a
+    $0.10 daily budget: the spend never passes it (each reservation is its request's worst case, which the answer
+    here reaches), and the rest are told `budget_exceeded`."""
+    extra = ('[prices]\n"gpt-*" = { input = 10.0, output = 20.0 }\n'
+             '[[clients]]\nname = "team-x"\nkey = "client-key-budget-e2e"\nbudget = { daily = 0.10 }\n')  # fmt: skip
+    config = shared_config(fake_upstream, redis_server, [{"key": KEYS[0]}, {"key": KEYS[1]}], extra)
+    (tmp_path / "a").mkdir()
+    workers, replica = start_gateway(tmp_path / "a", config, "-w", "2"), start_gateway(tmp_path, config)
+    fake.add_rule({"length": 1000})  # the answer uses its whole max_tokens: actual cost = the reservation
+    body = {"model": "gpt-4", "max_tokens": 1000, "messages": [{"role": "user", "content": "hi"}]}
+    headers = {"authorization": "Bearer client-key-budget-e2e"}
+    try:
+        async with httpx.AsyncClient(timeout=30) as http:
+
+            async def one(n: int) -> httpx.Response:
+                url = (workers if n % 2 else replica).url
+                return await http.post(url + "/v1/chat/completions", json=body, headers=headers)
+
+            answers: list[httpx.Response] = []
+            async with anyio.create_task_group() as group:
+                for n in range(50):
+                    group.start_soon(lambda n=n: _append(answers, one(n)))
+        ok = [a for a in answers if a.status_code == 200]
+        refused = [a for a in answers if a.status_code == 429]
+        assert len(ok) + len(refused) == 50 and refused
+        assert all(a.json()["error"]["code"] == "budget_exceeded" and a.headers.get("retry-after") for a in refused)
+        spent = sum(float(a.headers["x-megagate-cost-usd"]) for a in ok)
+        assert spent <= 0.10 and len(ok) == int(0.10 // (spent / len(ok)))  # as many as fit, no more
+    finally:
+        workers.stop()
+        replica.stop()
+
+
+async def _append(answers: list[httpx.Response], call: Any) -> None:
+    answers.append(await call)
