@@ -125,11 +125,15 @@ def start_servers(
     return servers, ports
 
 
+USAGE_STORE = os.environ.get("MEGAGATE_BENCH_USAGE", "sqlite")  # the usage ledger: sqlite (the default) or off
+
+
 def bench_config(mock_port: int, transport: str) -> Path:
     config = Path(tempfile.mkdtemp()) / "bench.toml"
+    ledger = config.parent / "usage.db"  # megagate's default ledger, written as in production, outside the repo
     config.write_text(
-        f'transport = "{transport}"\n[[upstreams]]\nname = "mock"\nbase_url = "http://127.0.0.1:{mock_port}"\n'
-        'keys = ["sk-bench-key-0001"]\n'
+        f'transport = "{transport}"\n[usage]\nstore = "{USAGE_STORE}"\npath = "{ledger}"\n'
+        f'[[upstreams]]\nname = "mock"\nbase_url = "http://127.0.0.1:{mock_port}"\nkeys = ["sk-bench-key-0001"]\n'
     )
     return config
 

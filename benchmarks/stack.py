@@ -41,9 +41,10 @@ REQUEST = {"model": "bench", "messages": [{"role": "user", "content": "hi"}]}
 # Layers that can be left out and still leave a working gateway (DefaultsMiddleware prepares the request state
 # every other layer reads, so it stays).
 LAYERS = ["MetricsMiddleware", "AccessLogMiddleware", "LedgerMiddleware", "ErrorsMiddleware", "AuthMiddleware",
-          "ClientLimitsMiddleware", "FallbackMiddleware", "RotationMiddleware"]  # fmt: skip
+          "ClientLimitsMiddleware", "BudgetMiddleware", "FallbackMiddleware", "RotationMiddleware"]  # fmt: skip
 LEDGER = os.path.join(tempfile.mkdtemp(prefix="megagate-stack-"), "usage.db")  # the default SQLite ledger, written
 PRICES = {"bench": {"input": 1.0, "output": 2.0}}  # priced, so that the cost is computed as in production
+BUDGETS = {"bench": {"daily": 1e12, "monthly": 1e12}}  # held, never reached: each request reserves and settles
 
 
 class ChooseTarget:
@@ -67,7 +68,8 @@ def build(without: set[str]) -> Gateway:
         return sse(*EVENTS) if b'"stream":true' in request.body else MockResponse(body=[COMPLETION])
 
     upstream = {"name": "mock", "base_url": "http://mock.test", "keys": KEYS}
-    config = config_from_mapping({"upstreams": [upstream], "usage": {"path": LEDGER}, "prices": PRICES}, environ={})
+    settings = {"upstreams": [upstream], "usage": {"path": LEDGER}, "prices": PRICES, "budgets": BUDGETS}
+    config = config_from_mapping(settings, environ={})
     gateway = Gateway(config, transport=MockTransport(answer))
     resources = gateway.resources()
     app: Any = build_router(config, resources)

@@ -44,8 +44,16 @@ class Line:
 
 
 def period_of(period: str, now: float) -> str:
-    moment = datetime.datetime.fromtimestamp(now, datetime.UTC)
-    return moment.strftime("%Y-%m-%d") if period == "daily" else moment.strftime("%Y-%m")
+    """The UTC day (`2026-12-07`) or month (`2026-12`) of `now`; the last second's answer remembered (formatting
+    a date costs microseconds, and every budgeted request asks twice)."""
+    second = int(now)
+    if _last[0] != second:
+        moment = datetime.datetime.fromtimestamp(second, datetime.UTC)
+        _last[:] = [second, moment.strftime("%Y-%m-%d"), moment.strftime("%Y-%m")]
+    return str(_last[1] if period == "daily" else _last[2])
+
+
+_last: list[object] = [None, "", ""]  # (second, day, month)
 
 
 def resets_in(period: str, now: float) -> float:
@@ -101,11 +109,13 @@ class BudgetBook:
     def reserve(self, lines: Iterable[Line], amount: float, reservation: str, now: float) -> Refusal | list[str]:
         """Reserve `amount` on every line and return the keys it holds (to settle), or none and say which refused."""
         lines = list(lines)
-        for line in lines:
-            account = self.accounts.get(line.key(now), Account())
-            if account.spent >= line.limit or account.held + amount > line.limit:
-                return Refusal(line, account.spent, resets_in(line.period, now))
         keys = [line.key(now) for line in lines]
+        for line, key in zip(lines, keys, strict=True):
+            account = self.accounts.get(key)
+            if account is not None and (account.spent >= line.limit or account.held + amount > line.limit):
+                return Refusal(line, account.spent, resets_in(line.period, now))
+            if account is None and amount > line.limit:
+                return Refusal(line, 0.0, resets_in(line.period, now))
         for key in keys:
             if key not in self.accounts:
                 self._forget_past(key)

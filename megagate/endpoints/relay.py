@@ -150,6 +150,9 @@ def _translator(state: RequestState, plan: Plan) -> StreamTranslator | None:
     return AnthropicToOpenAIStream(model, plan.created, include_usage=include)
 
 
+_UNPRICED_YET = object()
+
+
 class Relay:
     """What the client is sent for one attempt, plain or streamed (the `state.ClientAnswer` of the request): the one
     writer of whether the answer has started, of its usage, and of the terminal event of a stream that breaks after
@@ -173,11 +176,17 @@ class Relay:
         self.closed = False  # the last body message went out
         self.usage: Usage | None = None
         self.failure: str | None = None
+        self._priced: Usage | None = None  # the usage `_cost` was worked out for
+        self._cost: object = _UNPRICED_YET
 
     @property
     def cost(self) -> float | None:
-        """USD for the usage so far (0 when nothing was counted); None when the model has no price (never $0)."""
-        return self.prices.cost(self.model, self.usage) if self.prices is not None else None
+        """USD for the usage so far (0 when nothing was counted); None when the model has no price (never $0).
+        Worked out once per usage: the header, the metrics, the log, the ledger and the budgets all ask."""
+        if self._priced is not self.usage or self._cost is _UNPRICED_YET:
+            self._priced = self.usage
+            self._cost = self.prices.cost(self.model, self.usage) if self.prices is not None else None
+        return self._cost  # type: ignore[return-value]
 
     async def plain(self, status: int, payload: bytes, headers: Headers, usage: Usage | None) -> None:
         """A whole answer, sent at once (with its cost in `x-megagate-cost-usd` when it is priced)."""

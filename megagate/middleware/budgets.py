@@ -15,6 +15,7 @@ import fnmatch
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from typing import Protocol
 
 import anyio
@@ -63,6 +64,7 @@ class BudgetMiddleware:
         self.budgets = budgets
         self.prices = prices
         self.model_budgets = list((model_budgets or {}).items())
+        self._budget_of: dict[str, tuple[str, Budget] | None] = {}
         self.default_max_tokens = default_max_tokens
         self.wall = wall
 
@@ -84,9 +86,13 @@ class BudgetMiddleware:
             else:
                 await self.app(scope, receive, send)
         finally:
-            with anyio.CancelScope(shield=True):  # settled however the request ended
-                cost = state.cost or 0.0
-                spent = await self.budgets.settle(keys, reservation, cost)
+            cost = state.cost or 0.0
+            settle_now = getattr(self.budgets, "settle_now", None)  # in process: nothing to wait for, or cancel
+            with anyio.CancelScope(shield=True) if settle_now is None else nullcontext():
+                if settle_now is not None:
+                    spent = settle_now(keys, reservation, cost)
+                else:  # settled however the request ended
+                    spent = await self.budgets.settle(keys, reservation, cost)
                 for line, after in zip(lines, spent, strict=False):
                     self.on_spent(line, after)
                 if self.alerts is not None and cost > 0:
@@ -125,7 +131,13 @@ class BudgetMiddleware:
             fallback = True
 
     def _model_budget(self, model: str) -> tuple[str, Budget] | None:
-        return next(((glob, b) for glob, b in self.model_budgets if fnmatch.fnmatchcase(model, glob)), None)
+        if model not in self._budget_of:
+            if len(self._budget_of) > 4096:
+                self._budget_of.clear()  # bounded: a client sending endless model names gets no memory from it
+            self._budget_of[model] = next(
+                ((g, b) for g, b in self.model_budgets if fnmatch.fnmatchcase(model, g)), None
+            )
+        return self._budget_of[model]
 
 
 def _said_fallback(headers: Headers) -> Headers:

@@ -75,7 +75,11 @@ class LocalBudgets:
         return self.book.reserve(lines, amount, reservation, now)
 
     async def settle(self, keys: Sequence[str], reservation: str, cost: float) -> list[float]:
-        """Settle, and say what each budget has spent since (for the alerts)."""
+        return self.settle_now(keys, reservation, cost)
+
+    def settle_now(self, keys: Sequence[str], reservation: str, cost: float) -> list[float]:
+        """Settle, and say what each budget has spent since (for the alerts). In process nothing waits, so the
+        middleware settles here without a shielded scope (about 10 µs on asyncio)."""
         self.book.settle(keys, reservation, cost)
         return [self.book.spent(key) for key in keys]
 
