@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 from megagate.config import Config, UpstreamConfig
+from megagate.core.budget import Budget
 from megagate.core.scheduler import KeyLimits
 from megagate.core.secrets import key_id, mask_key
 
@@ -63,6 +64,17 @@ def describe(config: Config) -> str:
         lines.append(f"  prices (USD per 1M tokens, first match wins): {'; '.join(described)}")
     else:
         lines.append("  prices: none (every answer is unpriced: its cost is unknown, not 0)")
+    usage = config.usage
+    where = {"off": "off", "sqlite": f"sqlite {usage.path}", "postgres": "postgres (dsn set)"}[usage.store]
+    lines.append(f"  usage ledger: {where}" + (f", rows kept {usage.retention_days:g} days" if usage.store != "off"
+                                                and usage.retention_days else ""))  # fmt: skip
+    budgeted = [f"client {c.name}: {_budget(c.budget)}" + (f", then {c.on_budget}" if c.on_budget != "reject" else "")
+                for c in config.clients if c.budget is not None]  # fmt: skip
+    budgeted += [f"model {glob}: {_budget(budget)}" for glob, budget in config.budgets.items()]
+    if budgeted:
+        lines.append(f"  budgets (USD): {'; '.join(budgeted)}")
+    if config.alerts.webhook:
+        lines.append(f"  budget alerts: at {', '.join(f'{t:.0%}' for t in config.alerts.thresholds)} of a budget")
     t = config.timeouts
     lines.append(f"  timeouts: connect {t.connect:g} s, read {t.read:g} s, first byte {t.first_byte:g} s, "
                  f"total {t.total:g} s")  # fmt: skip
@@ -77,3 +89,8 @@ def describe(config: Config) -> str:
     triggers += ["the file changing (watch = true)"] if config.watch else []
     lines.append(f"  reload: on {', '.join(triggers)}")
     return "\n".join(lines)
+
+
+def _budget(budget: Budget) -> str:
+    return ", ".join(f"{period} {getattr(budget, period):g}" for period in ("daily", "monthly")
+                     if getattr(budget, period) is not None)  # fmt: skip
