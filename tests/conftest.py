@@ -91,6 +91,19 @@ class Process:
             self._file.flush()
         return self.log.read_text(errors="replace")
 
+    def access_line(self, request_id: str, timeout: float = 5.0) -> dict[str, Any]:
+        """Its access-log line for `request_id`: written as the request ends, just after its last byte went out,
+        so it may land a moment after the client has its answer."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = [
+                msgspec.json.decode(line) for line in self.output().splitlines() if line.startswith('{"request_id"')
+            ]
+            found = [entry for entry in lines if entry["request_id"] == request_id]
+            if found or time.monotonic() > deadline:
+                return dict(found[0])
+            time.sleep(0.02)
+
     def stop(self) -> None:
         """Ask it to shut down (hypercorn's parent stops its workers gracefully), then reap its group."""
         self.popen.terminate()

@@ -44,6 +44,7 @@ class ContentBlock(msgspec.Struct, omit_defaults=True):
     input: Any = msgspec.UNSET
     thinking: str | None = None
     signature: str | None = None
+    data: str | None = None  # redacted_thinking: opaque, passed back as it came
 
 
 class Message(msgspec.Struct):
@@ -64,6 +65,7 @@ class Delta(msgspec.Struct, omit_defaults=True):
     text: str | None = None
     partial_json: str | None = None
     thinking: str | None = None
+    signature: str | None = None  # signature_delta
     stop_reason: str | None = None
     stop_sequence: str | None = None
 

@@ -27,10 +27,26 @@ class ToolCall(msgspec.Struct, omit_defaults=True):
     index: int | None = None
 
 
+class ReasoningDetail(msgspec.Struct, omit_defaults=True):
+    """One signed piece of reasoning, as OpenRouter documents `reasoning_details`: `reasoning.text` (a thinking
+    block's text and signature) or `reasoning.encrypted` (a redacted block's opaque data), `format` naming where it
+    must go back to (`anthropic-claude-v1`)."""
+
+    type: str
+    text: str | None = None
+    signature: str | None = None
+    data: str | None = None
+    format: str | None = None
+    index: int | None = None
+
+
 class Message(msgspec.Struct):
     role: str = "assistant"
     content: str | None = None
     tool_calls: list[ToolCall] | None = None
+    # the model's reasoning (DeepSeek's and vLLM's field) and its signed blocks, when it reasoned; else absent
+    reasoning_content: str | msgspec.UnsetType = msgspec.UNSET
+    reasoning_details: list[ReasoningDetail] | msgspec.UnsetType = msgspec.UNSET
 
 
 class Choice(msgspec.Struct):
@@ -54,6 +70,8 @@ class Delta(msgspec.Struct, omit_defaults=True):
     role: str | None = None
     content: str | None = None
     tool_calls: list[ToolCall] | None = None
+    reasoning_content: str | None = None
+    reasoning_details: list[ReasoningDetail] | None = None
 
 
 class ChunkChoice(msgspec.Struct):

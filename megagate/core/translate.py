@@ -7,7 +7,9 @@ reasons and usage. Roles: OpenAI `system` / `developer` messages join Anthropic'
 wherever they stand (Anthropic's system prompt is where instructions keep their authority); an Anthropic
 `system`-role message inside `messages` (Claude Code sends them) becomes an OpenAI `system` message at the same
 position. Parameters with no counterpart are dropped rather than guessed (OpenAI's `n`, penalties and logprobs;
-Anthropic's `top_k`), as are assistant `thinking` blocks; a role or content type that cannot be represented in the
+Anthropic's `top_k`), as are assistant `thinking` blocks sent to an OpenAI upstream; an Anthropic answer's thinking
+reaches an OpenAI client as `reasoning_content` + signed `reasoning_details`, which come back as the same blocks
+(`core.reasoning`); a role or content type that cannot be represented in the
 other format is a 400 naming it (`UntranslatableRequest`), never silently lost. `cache_control` marks on OpenAI
 messages, content parts and tools (where LiteLLM accepts them, as OpenCode, Cline and LangChain send them for
 Claude models) land on the same Anthropic blocks: without them prompt caching is lost and the only symptom is the
@@ -21,7 +23,7 @@ from typing import Any
 
 import msgspec
 
-from megagate.core import anthropic
+from megagate.core import anthropic, reasoning
 from megagate.core.errors import InvalidRequest
 from megagate.core.schemas import ChatCompletion, Choice, FunctionCall, ToolCall
 from megagate.core.schemas import Message as OpenAIMessage
@@ -178,9 +180,8 @@ def openai_to_anthropic_request(body: Json, default_max_tokens: int = DEFAULT_MA
             _append(messages, "user", _mark_last(_user_blocks(content, f"messages[{position}]"), message))
         elif role == "assistant":
             text = _text_of(content)
-            blocks: list[Json] = (
-                _text_blocks(content) if _has_marks(content) else [{"type": "text", "text": text}] if text else []
-            )
+            blocks: list[Json] = reasoning.thinking_blocks(message)  # signed thinking first, as Anthropic requires
+            blocks += _text_blocks(content) if _has_marks(content) else [{"type": "text", "text": text}] if text else []
             for call in message.get("tool_calls") or []:
                 function = call.get("function") or {}
                 arguments = _parse_arguments(function.get("arguments"))
@@ -388,4 +389,6 @@ def anthropic_to_openai_response(body: bytes, created: int) -> bytes:
     usage = to_chat(Usage.of(from_message(message.usage)))
     finish = STOP_TO_FINISH.get(message.stop_reason or "end_turn", "stop")
     reply = OpenAIMessage(content=text or None, tool_calls=calls or None)
+    if details := reasoning.details_of(message.content):
+        reply.reasoning_content, reply.reasoning_details = reasoning.text_of(message.content), details
     return _encoder.encode(ChatCompletion(message.id, created, message.model, [Choice(0, reply, finish)], usage))

@@ -15,6 +15,7 @@ import msgspec
 
 from megagate.core import anthropic
 from megagate.core.errors import MegagateError
+from megagate.core.reasoning import ThinkingInStream
 from megagate.core.schemas import ChatCompletionChunk, ChunkChoice, Delta, FunctionCall, ToolCall
 from megagate.core.translate import FINISH_TO_STOP, STOP_TO_FINISH
 from megagate.core.usage import ChatUsage, MessageUsage, Usage, from_chat, from_message, to_chat, to_message
@@ -122,6 +123,7 @@ class AnthropicToOpenAIStream:
         self.created = created
         self.include_usage = include_usage
         self.tool_calls: dict[int, int] = {}  # content block index -> OpenAI tool-call index
+        self.thinking = ThinkingInStream()
         self.usage = Usage()
         self.finished = False
 
@@ -151,6 +153,8 @@ class AnthropicToOpenAIStream:
                 return [self._chunk(Delta(tool_calls=[call]))]
             if block.type == "text" and block.text:
                 return [self._chunk(Delta(content=block.text))]
+            if (whole := self.thinking.start(event.index or 0, block)) is not None:
+                return [self._chunk(Delta(reasoning_details=[whole]))]
             return []
         if kind == "content_block_delta" and event.delta is not None:
             delta = event.delta
@@ -161,7 +165,11 @@ class AnthropicToOpenAIStream:
                     function=FunctionCall(arguments=delta.partial_json), index=self.tool_calls[event.index or 0]
                 )
                 return [self._chunk(Delta(tool_calls=[call]))]
-            return []  # thinking and signature deltas have no OpenAI counterpart
+            if (thought := self.thinking.delta(event.index or 0, delta)) is not None:
+                return [self._chunk(Delta(reasoning_content=thought))]
+            return []  # a signature delta waits for its block's end
+        if kind == "content_block_stop" and (signed := self.thinking.stop(event.index or 0)) is not None:
+            return [self._chunk(Delta(reasoning_details=[signed]))]  # the whole block, signed, to send back
         if kind == "message_delta":
             if event.usage is not None:  # a later count wins, kind by kind: message_start's input stays
                 self.usage = self.usage.merged(from_message(event.usage))

@@ -169,12 +169,6 @@ async def test_openai_client_reaches_an_anthropic_only_upstream(formats_gateway:
     assert seen[0]["body"]["max_tokens"] > 0  # Anthropic requires it; the OpenAI client sent none
 
 
-def logged(gateway: Process, path: str) -> dict[str, Any]:
-    """The gateway's last access-log line for `path`."""
-    lines = [json.loads(line) for line in gateway.output().splitlines() if line.startswith("{")]
-    return [line for line in lines if line.get("path") == path][-1]
-
-
 async def test_cached_and_reasoning_tokens_are_counted_and_carried_in_every_direction(
     formats_gateway: Process, fake: FakeControl
 ) -> None:
@@ -184,12 +178,15 @@ async def test_cached_and_reasoning_tokens_are_counted_and_carried_in_every_dire
     async with (
         claude(formats_gateway) as client,
         client.messages.stream(
-            model="claude-only-sonnet", max_tokens=64, messages=[{"role": "user", "content": "hi"}]
+            model="claude-only-sonnet",
+            max_tokens=64,
+            messages=[{"role": "user", "content": "hi"}],
+            extra_headers={"x-request-id": "cached-1"},
         ) as stream,
     ):
         final = await stream.get_final_message()
     assert final.usage.cache_read_input_tokens == 1000 and final.usage.cache_creation_input_tokens == 50
-    line = logged(formats_gateway, "/v1/messages")
+    line = formats_gateway.access_line("cached-1")
     assert line["prompt_tokens"] == final.usage.input_tokens + 1050 and line["completion_tokens"] == len(WORDS)
     assert (line["cache_read_tokens"], line["cache_write_tokens"]) == (1000, 50)
 
@@ -205,13 +202,16 @@ async def test_cached_and_reasoning_tokens_are_counted_and_carried_in_every_dire
     async with (
         claude(formats_gateway) as client,
         client.messages.stream(  # <- OpenAI upstream (no cache writes)
-            model="gpt-4o", max_tokens=64, messages=[{"role": "user", "content": "hi"}]
+            model="gpt-4o",
+            max_tokens=64,
+            messages=[{"role": "user", "content": "hi"}],
+            extra_headers={"x-request-id": "cached-3"},
         ) as stream,
     ):
         final = await stream.get_final_message()
-    prompt = logged(formats_gateway, "/v1/messages")["prompt_tokens"]
-    assert final.usage.cache_read_input_tokens == 1000 and final.usage.input_tokens == prompt - 1000
-    assert logged(formats_gateway, "/v1/messages")["reasoning_tokens"] == 20
+    line = formats_gateway.access_line("cached-3")
+    assert final.usage.cache_read_input_tokens == 1000 and final.usage.input_tokens == line["prompt_tokens"] - 1000
+    assert line["reasoning_tokens"] == 20
 
 
 async def test_count_tokens_is_relayed(formats_gateway: Process, fake: FakeControl) -> None:

@@ -176,8 +176,7 @@ def test_access_log_has_one_json_line_per_request(guarded_gateway: Process, fake
     assert fake.requests()[-1]["headers"]["x-request-id"] == "trace-abc.123"  # it travels upstream too
     _, generated, _ = raw(guarded_gateway, "/v1/chat/completions", CHAT, {"x-api-key": ALICE, "x-request-id": "a b"})
     assert re.fullmatch(r"[0-9a-f]{32}", generated["x-request-id"])  # an insane id is replaced
-    lines = [json.loads(line) for line in guarded_gateway.output().splitlines() if line.startswith('{"request_id"')]
-    line = next(entry for entry in lines if entry["request_id"] == "trace-abc.123")
+    line = guarded_gateway.access_line("trace-abc.123")
     assert line["client"] == "alice" and line["model"] == "gpt-4" and line["served_model"] == "gpt-4"
     assert line["status"] == 200 and line["attempts"] == 1 and line["completion_tokens"] == 33
     assert line["duration_ms"] >= line["ttft_ms"] > 0 and line["keys"][0].startswith("key-")
