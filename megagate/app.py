@@ -201,7 +201,6 @@ class Gateway:
             await self._seed_budgets()
             if self.ledger is not None:
                 self.ledger.start()  # its thread writes; at the end what is queued is flushed (within 10 s)
-                stack.push_async_callback(self._close_ledger)
             group = await stack.enter_async_context(anyio.create_task_group())
             if self.redis is not None:
                 group.start_soon(self._maintain_pools)
@@ -220,6 +219,10 @@ class Gateway:
             try:
                 yield self
             finally:
+                # The last rows written while the tasks still run: the SIGTERM that hypercorn's parent sends a
+                # worker still finishing is handled by one of them (finish_on_sigterm), not fatal mid-flush.
+                if self.ledger is not None:
+                    await self._close_ledger()
                 group.cancel_scope.cancel()
 
     async def _learn_prices(self) -> None:
