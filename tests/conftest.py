@@ -23,13 +23,24 @@ from tests import processes
 HYPERCORN_TOML = Path(__file__).resolve().parent.parent / "hypercorn.toml"
 
 
+_LEDGER_BEFORE = pytest.StashKey[bool]()
+STRAY_LEDGER = Path("megagate-usage.db")  # the ledger's default file, in the working directory
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    """Mark every process the suite starts (the mark is inherited, and outlives reparenting to PID 1)."""
+    """Mark every process the suite starts (the mark is inherited, and outlives reparenting to PID 1), and note
+    whether a ledger file was already in the working directory (the suite must not leave one there)."""
     os.environ.setdefault(processes.SUITE_MARK, f"{os.getpid()}-{time.time_ns()}")
+    config.stash[_LEDGER_BEFORE] = STRAY_LEDGER.exists()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Fail the run when a process the suite started outlives it: name it, then kill it so none piles up."""
+    """Fail the run when a process the suite started outlives it: name it, then kill it so none piles up. Fail it
+    too when a test wrote the usage ledger's default file into the working directory."""
+    if STRAY_LEDGER.exists() and not session.config.stash.get(_LEDGER_BEFORE, True):
+        print(f"\na test left {STRAY_LEDGER.resolve()} behind: give its gateway a [usage] path in a tmp dir",
+              file=sys.stderr)  # fmt: skip
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
     # multiprocessing's resource tracker, when a test spawned in this process, ends with pytest itself.
     ours = [p for p in processes.marked(os.environ[processes.SUITE_MARK]) if not processes.resource_tracker_of_ours(p)]
     left = processes.wait_gone(ours, timeout=10)

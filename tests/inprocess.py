@@ -26,7 +26,8 @@ def gateway(
 ) -> tuple[Gateway, MockTransport]:
     transport = MockTransport(script)
     upstream = {"name": "up", "base_url": "http://upstream.test", "format": fmt, "keys": keys}
-    settings = {"access_log": False, "upstreams": [upstream], **config}
+    # no ledger file in the working directory unless a test asks for one ([usage] path in a tmp dir)
+    settings = {"access_log": False, "usage": {"store": "off"}, "upstreams": [upstream], **config}
     return create_app(config_from_mapping(settings, environ={}), transport=transport), transport
 
 
