@@ -13,6 +13,7 @@ same book in Redis, in Lua, for several workers and replicas.
 from __future__ import annotations
 
 import datetime
+import fnmatch
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -153,8 +154,6 @@ def seed_from_rows(
 ) -> None:
     """Put what the ledger's daily rollups (`day`, `client`, `model`, `cost_usd`) say was spent this month into
     `book`, so that the in-process budgets survive a restart."""
-    import fnmatch
-
     today, month = period_of("daily", now), period_of("monthly", now)
     for row in rows:
         day, cost = str(row["day"]), float(row["cost_usd"] or 0.0)  # type: ignore[arg-type]

@@ -150,9 +150,6 @@ def _translator(state: RequestState, plan: Plan) -> StreamTranslator | None:
     return AnthropicToOpenAIStream(model, plan.created, include_usage=include)
 
 
-_UNPRICED_YET = object()
-
-
 class Relay:
     """What the client is sent for one attempt, plain or streamed (the `state.ClientAnswer` of the request): the one
     writer of whether the answer has started, of its usage, and of the terminal event of a stream that breaks after
@@ -176,17 +173,15 @@ class Relay:
         self.closed = False  # the last body message went out
         self.usage: Usage | None = None
         self.failure: str | None = None
-        self._priced: Usage | None = None  # the usage `_cost` was worked out for
-        self._cost: object = _UNPRICED_YET
+        self._priced: tuple[Usage | None, float | None] | None = None  # (the usage, its cost) once worked out
 
     @property
     def cost(self) -> float | None:
         """USD for the usage so far (0 when nothing was counted); None when the model has no price (never $0).
         Worked out once per usage: the header, the metrics, the log, the ledger and the budgets all ask."""
-        if self._priced is not self.usage or self._cost is _UNPRICED_YET:
-            self._priced = self.usage
-            self._cost = self.prices.cost(self.model, self.usage) if self.prices is not None else None
-        return self._cost  # type: ignore[return-value]
+        if self._priced is None or self._priced[0] is not self.usage:
+            self._priced = (self.usage, self.prices.cost(self.model, self.usage) if self.prices is not None else None)
+        return self._priced[1]
 
     async def plain(self, status: int, payload: bytes, headers: Headers, usage: Usage | None) -> None:
         """A whole answer, sent at once (with its cost in `x-megagate-cost-usd` when it is priced)."""

@@ -53,10 +53,3 @@ class Store(Protocol):
     def prune(self, before: float) -> None: ...
 
     def close(self) -> None: ...
-
-
-def day_of(time: float) -> str:
-    """The UTC day a row counts for."""
-    import datetime
-
-    return datetime.datetime.fromtimestamp(time, datetime.UTC).strftime("%Y-%m-%d")

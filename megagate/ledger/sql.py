@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from megagate.ledger import COLUMNS, UsageRow, day_of
+from megagate.core.budget import period_of
+from megagate.ledger import COLUMNS, UsageRow
 
 TOKENS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens")
 GROUPS = ("day", "client", "model", "upstream")
@@ -50,7 +51,7 @@ def daily_values(rows: Iterable[UsageRow]) -> list[tuple[Any, ...]]:
     """The batch summed per (day, client, model, upstream): one upsert per group, not per row."""
     groups: dict[tuple[str, str, str, str], list[Any]] = {}
     for row in rows:
-        key = (day_of(row.time), row.client or "", row.served_model, row.upstream or "")
+        key = (period_of("daily", row.time), row.client or "", row.served_model, row.upstream or "")
         sums = groups.setdefault(key, [0] * (len(TOKENS) + 3))
         sums[0] += 1
         for i, name in enumerate(TOKENS, start=1):

@@ -48,10 +48,6 @@ class LedgerWriter:
         self._wake = threading.Event()  # set by close(): flush now instead of at the next tick
         self._warned: dict[str, float] = {}
 
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="megagate-ledger", daemon=True)
         self._thread.start()

@@ -15,10 +15,7 @@ import fnmatch
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import nullcontext
 from typing import Protocol
-
-import anyio
 
 from megagate.asgi import ASGIApp, Headers, Receive, Scope, Send, observe_response
 from megagate.core.budget import Budget, Line, Refusal, alert_payload, crossed, lines_for
@@ -34,9 +31,11 @@ class Budgets(Protocol):
         self, lines: Sequence[Line], amount: float, reservation: str, now: float
     ) -> Refusal | list[str]: ...
 
-    async def settle(self, keys: Sequence[str], reservation: str, cost: float) -> list[float]: ...
+    async def settle(self, keys: Sequence[str], reservation: str, cost: float) -> list[float]:
+        """Must complete even when the request is being cancelled (the reservation would stay held)."""
+        ...
 
-    async def first_crossing(self, key: str, threshold: float) -> bool: ...
+    async def first_crossing(self, key: str, period: str, threshold: float) -> bool: ...
 
 
 class Alerts(Protocol):
@@ -85,23 +84,18 @@ class BudgetMiddleware:
                     await self.app(scope, receive, send)
             else:
                 await self.app(scope, receive, send)
-        finally:
+        finally:  # settled however the request ended (a store that waits on the network shields itself)
             cost = state.cost or 0.0
-            settle_now = getattr(self.budgets, "settle_now", None)  # in process: nothing to wait for, or cancel
-            with anyio.CancelScope(shield=True) if settle_now is None else nullcontext():
-                if settle_now is not None:
-                    spent = settle_now(keys, reservation, cost)
-                else:  # settled however the request ended
-                    spent = await self.budgets.settle(keys, reservation, cost)
-                for line, after in zip(lines, spent, strict=False):
-                    self.on_spent(line, after)
-                if self.alerts is not None and cost > 0:
-                    await self._alert(lines, keys, spent, cost)
+            spent = await self.budgets.settle(keys, reservation, cost)
+            for line, after in zip(lines, spent, strict=False):
+                self.on_spent(line, after)
+            if self.alerts is not None and cost > 0:
+                await self._alert(lines, keys, spent, cost)
 
     async def _alert(self, lines: list[Line], keys: list[str], spent: list[float], cost: float) -> None:
         for line, key, after in zip(lines, keys, spent, strict=False):
             for threshold in crossed(self.thresholds, after - cost, after, line.limit):
-                if await self.budgets.first_crossing(key, threshold):
+                if await self.budgets.first_crossing(key, line.period, threshold):
                     assert self.alerts is not None
                     self.alerts.offer(alert_payload(line, key.rpartition(":")[2], threshold, after, self.wall()))
 

@@ -91,19 +91,13 @@ class ReplyReader:
             self.position = after + size + 2
             return bytes(buffer[after : after + size]), False
         self.position = after
-        if kind == _SIMPLE:
-            return line, False
-        if kind == _INTEGER:
-            return _number(line), False
-        if kind == _ERROR:
-            return ReplyError(line.decode("utf-8", "replace")), False
         if kind == _ARRAY:
             count = _number(line)
             if count <= 0:
                 return (None if count < 0 else []), False
             self.arrays.append((count, []))
             return None, True
-        raise ProtocolError(f"unexpected reply from Redis: {bytes(buffer[start : start + 32])!r}")
+        return _line_reply(kind, line, bytes(buffer[start : start + 32])), False
 
 
 _INCOMPLETE = object()
@@ -127,12 +121,6 @@ def _whole(data: bytes, position: int) -> tuple[Reply, int]:
         if len(data) < after + size + 2:
             raise _Cut
         return data[after : after + size], after + size + 2
-    if kind == _SIMPLE:
-        return line, after
-    if kind == _INTEGER:
-        return _number(line), after
-    if kind == _ERROR:
-        return ReplyError(line.decode("utf-8", "replace")), after
     if kind == _ARRAY:
         count = _number(line)
         if count < 0:
@@ -142,7 +130,18 @@ def _whole(data: bytes, position: int) -> tuple[Reply, int]:
             item, after = _whole(data, after)
             items.append(item)
         return items, after
-    raise ProtocolError(f"unexpected reply from Redis: {data[position : position + 32]!r}")
+    return _line_reply(kind, line, data[position : position + 32]), after
+
+
+def _line_reply(kind: int, line: bytes, sample: bytes) -> Reply:
+    """A reply that is all on its line: a simple string, an integer or an error."""
+    if kind == _SIMPLE:
+        return line
+    if kind == _INTEGER:
+        return _number(line)
+    if kind == _ERROR:
+        return ReplyError(line.decode("utf-8", "replace"))
+    raise ProtocolError(f"unexpected reply from Redis: {sample!r}")
 
 
 _SIMPLE, _ERROR, _INTEGER, _BULK, _ARRAY = b"+-:$*"
